@@ -1,0 +1,54 @@
+"""The small protocol every namespace backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..results import ErrorInfo
+
+
+class OutputSink(Protocol):
+    """Where a running cell's output goes (an Execution)."""
+
+    def write_stdout(self, text: str) -> None:
+        """Receive stdout text."""
+
+    def write_stderr(self, text: str) -> None:
+        """Receive stderr text."""
+
+    def add_display(self, bundle: dict[str, Any]) -> None:
+        """Receive one display's MIME bundle."""
+
+
+@dataclass(frozen=True)
+class KernelOutcome:
+    """How a cell ended, as a backend reports it; output went to the sink already."""
+
+    status: str
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    restarted: bool = False
+
+
+class Kernel(Protocol):
+    """One namespace's code runner: execute blocks and is only called from one thread at a time."""
+
+    def execute(self, code: str, execution_count: int, sink: OutputSink,
+                timeout: float | None) -> KernelOutcome:
+        """Run a cell to completion (or timeout), streaming its output into sink."""
+
+    def interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running cell; False when nothing is running."""
+
+    def variables(self) -> list[dict[str, Any]]:
+        """Name, type and short repr of each user variable."""
+
+    def restart(self) -> None:
+        """Replace the namespace with a fresh, empty one."""
+
+    def details(self) -> dict[str, Any]:
+        """Backend-specific facts for /env/get (pid, memory)."""
+
+    def close(self) -> None:
+        """Stop the namespace and release everything it holds."""

@@ -1,0 +1,274 @@
+"""A small preloaded process that forks namespace workers in a few milliseconds.
+
+The server starts it once as a fresh interpreter with a clean environment (no token) and no
+inherited sockets, so every worker forked from it has neither. It reaps its children and reports
+their exit statuses, because the server is not their parent and cannot wait for them itself.
+
+Messages on its SOCK_SEQPACKET socket are JSON, one per packet:
+  server → fork server: {"op": "spawn", "sentinel": hex, "options": {...}} + fds
+      [ctl, query, stdout_w, stderr_w]
+  fork server → server: {"op": "spawned", "pid": N} | {"op": "spawn_failed", "error": str}
+                        | {"op": "exit", "pid": N, "status": raw wait status}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+MAX_PACKET = 1 << 16
+PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
+           message: dict[str, Any]) -> None:
+    """In the forked child: become a worker. Never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.setpgid(0, 0)  # its own group, so a kill reaches the subprocesses it starts too
+        _set_parent_death_signal()
+        sock.close()
+        os.close(wakeup_r)
+        os.close(wakeup_w)
+        ctl_fd, query_fd, out_w, err_w = fds
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        from .worker import main
+
+        code = main(socket.socket(fileno=ctl_fd), socket.socket(fileno=query_fd),
+                    bytes.fromhex(message["sentinel"]), message.get("options", {}))
+    except BaseException:  # noqa: BLE001 - report anything on the worker's stderr, then exit
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def serve(fd: int) -> None:
+    """The fork server's loop: fork on request, report exits, stop when the server goes away."""
+    sock = socket.socket(fileno=fd)
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_w, False)
+    signal.set_wakeup_fd(wakeup_w)
+    signal.signal(signal.SIGCHLD, lambda *args: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_parent_death_signal()
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ, "sock")
+    selector.register(wakeup_r, selectors.EVENT_READ, "wakeup")
+
+    def send(message: dict[str, Any]) -> None:
+        sock.send(json.dumps(message).encode())
+
+    while True:
+        for key, _ in selector.select():
+            if key.data == "wakeup":
+                os.read(wakeup_r, 4096)
+                while True:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    send({"op": "exit", "pid": pid, "status": status})
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 8)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                return  # the server is gone; our children notice on their own sockets
+            try:
+                message = json.loads(data)
+                if len(fds) != 4:
+                    raise ValueError(f"expected 4 fds, got {len(fds)}")
+                pid = os.fork()
+            except Exception as exc:
+                for extra in fds:
+                    os.close(extra)
+                send({"op": "spawn_failed", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            if pid == 0:
+                _child(sock, wakeup_r, wakeup_w, fds, message)
+            for extra in fds:
+                os.close(extra)
+            send({"op": "spawned", "pid": pid})
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not start or could not fork a worker."""
+
+
+class ForkServer:
+    """The server side of the fork server: spawn workers, learn when they exit."""
+
+    def __init__(self, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self._preload = preload
+        self._env = env
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn_lock = threading.Lock()
+        self._replies: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._exits: dict[int, int] = {}
+        self._reader: threading.Thread | None = None
+        self._closed = False
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Launch the fork server process and wait until it has imported the worker code."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ if self._env is None else self._env)
+        env.pop("KERNELSERVER_TOKEN", None)
+        preload = ",".join(self._preload)
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # -c rather than -m: import kernelserver from where the server got it, whatever the cwd,
+        # without putting anything on the workers' PYTHONPATH.
+        bootstrap = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+                     "from kernelserver.backends.forkserver import _main; _main(sys.argv)")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", bootstrap, str(child.fileno()), preload],
+                pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+                close_fds=True, start_new_session=True,
+            )
+        finally:
+            child.close()
+        self._sock = parent
+        parent.settimeout(timeout)
+        try:
+            ready = json.loads(parent.recv(MAX_PACKET) or b"{}")
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise ForkServerError(f"fork server did not start: {exc}") from None
+        if ready.get("op") != "ready":
+            self.close()
+            raise ForkServerError(f"fork server failed to start: {ready.get('error', ready)}")
+        parent.settimeout(None)
+        self._reader = threading.Thread(target=self._read_loop, name="forkserver-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The fork server's own pid."""
+        return self._proc.pid if self._proc else None
+
+    def _read_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(MAX_PACKET)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._closed = True
+                    self._cond.notify_all()
+                    return
+                message = json.loads(data)
+                if message["op"] == "exit":
+                    self._exits[message["pid"]] = message["status"]
+                else:
+                    self._replies.append(message)
+                self._cond.notify_all()
+
+    def spawn(self, fds: list[int], sentinel: bytes, options: dict[str, Any],
+              timeout: float = 10.0) -> int:
+        """Fork a worker with these [ctl, query, stdout_w, stderr_w] fds; returns its pid."""
+        if self._sock is None or self._closed:
+            raise ForkServerError("the fork server is not running")
+        message = json.dumps({"op": "spawn", "sentinel": sentinel.hex(), "options": options})
+        with self._spawn_lock:
+            socket.send_fds(self._sock, [message.encode()], fds)
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._replies or self._closed, timeout):
+                    raise ForkServerError(f"the fork server did not answer within {timeout} s")
+                if not self._replies:
+                    raise ForkServerError("the fork server exited")
+                reply = self._replies.pop(0)
+        if reply["op"] != "spawned":
+            raise ForkServerError(f"could not fork a worker: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def exit_status(self, pid: int) -> int | None:
+        """The raw wait status of a worker that has exited, else None."""
+        with self._cond:
+            return self._exits.get(pid)
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """Wait up to timeout for a worker to exit; its raw wait status, or None."""
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self._exits or self._closed, timeout)
+            return self._exits.get(pid)
+
+    def forget(self, pid: int) -> None:
+        """Drop a reaped worker's status once nobody needs it."""
+        with self._cond:
+            self._exits.pop(pid, None)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the fork server (its workers exit on their own when their sockets close)."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+
+def _main(argv: list[str]) -> None:
+    fd = int(argv[1])
+    preload = [name for name in (argv[2] if len(argv) > 2 else "").split(",") if name]
+    sock = socket.socket(fileno=fd)
+    sys.path.pop(0)  # the bootstrap's entry: workers see the interpreter's own path
+    try:
+        import importlib
+
+        importlib.import_module("kernelserver.backends.worker")
+        for name in preload:
+            importlib.import_module(name)
+    except BaseException as exc:  # noqa: BLE001 - report to the server, which shows it
+        sock.send(json.dumps({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}).encode())
+        raise SystemExit(1) from None
+    sock.send(json.dumps({"op": "ready"}).encode())
+    sock.detach()
+    serve(fd)
+
+
+if __name__ == "__main__":
+    _main(sys.argv)

@@ -1,0 +1,171 @@
+"""The lightweight backend: namespaces are dicts in the server process, output routed per thread.
+
+Interrupts and timeouts are best-effort here: a KeyboardInterrupt is injected into the running
+thread, which only sees it between bytecodes (a blocking C call finishes first), and nothing can
+be killed. Use the process backend when that matters.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import io
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..executor import Executor
+from ..results import ErrorInfo
+from .base import KernelOutcome, OutputSink
+
+_Writer = Callable[[str], None]
+_route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
+    "kernelserver_route", default=None
+)
+_install_lock = threading.Lock()
+
+
+class _RoutedStream(io.TextIOBase):
+    """sys.stdout/sys.stderr stand-in: writes go to the current execution, else the real stream."""
+
+    def __init__(self, original: Any, index: int) -> None:
+        self._original = original
+        self._index = index
+
+    def write(self, text: str) -> int:
+        route = _route.get()
+        if route is None:
+            return int(self._original.write(text))
+        route[self._index](text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _route.get() is None:
+            self._original.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self._original.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+def install_routing() -> None:
+    """Put the routed streams on sys.stdout/sys.stderr once per process."""
+    with _install_lock:
+        if not isinstance(sys.stdout, _RoutedStream):
+            sys.stdout = _RoutedStream(sys.stdout, 0)
+        if not isinstance(sys.stderr, _RoutedStream):
+            sys.stderr = _RoutedStream(sys.stderr, 1)
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
+    return bool(done == 1)
+
+
+class InProcessKernel:
+    """A namespace in the server process: an Executor run on the caller's (runner) thread."""
+
+    def __init__(self, repr_limit: int, interrupt_grace: float) -> None:
+        install_routing()
+        self.repr_limit = repr_limit
+        self.interrupt_grace = interrupt_grace
+        self._sink: OutputSink | None = None
+        self._executor = self._new_executor()
+        self._running_thread: int | None = None
+        self._lock = threading.Lock()
+
+    def _new_executor(self) -> Executor:
+        return Executor(repr_limit=self.repr_limit, on_display=self._display)
+
+    def _display(self, bundle: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.add_display(bundle)
+
+    def execute(self, code: str, execution_count: int, sink: OutputSink,
+                timeout: float | None) -> KernelOutcome:
+        """Run the cell on this thread with its output routed to sink."""
+        self._sink = sink
+        token = _route.set((sink.write_stdout, sink.write_stderr))
+        timed_out = threading.Event()
+        timer: threading.Timer | None = None
+        with self._lock:
+            self._running_thread = threading.get_ident()
+        if timeout is not None:
+            def expire() -> None:
+                timed_out.set()
+                self.interrupt()
+
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            outcome = self._executor.run(code, execution_count)
+        except KeyboardInterrupt:
+            # The injected interrupt landed just outside the cell's own try block.
+            outcome = None
+        finally:
+            with self._lock:
+                self._running_thread = None
+            if timer is not None:
+                timer.cancel()
+            _route.reset(token)
+            self._sink = None
+        if timed_out.is_set() and (outcome is None or outcome.status in ("interrupted", "ok")):
+            return KernelOutcome(
+                "timeout",
+                error=ErrorInfo("TimeoutError", f"cell exceeded its timeout of {timeout:g} s",
+                                outcome.error.traceback if outcome and outcome.error else ""),
+            )
+        if outcome is None:
+            return KernelOutcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""))
+        return KernelOutcome(outcome.status, outcome.result, outcome.error)
+
+    def interrupt(self) -> bool:
+        """Inject KeyboardInterrupt into the running cell's thread."""
+        with self._lock:
+            if self._running_thread is None:
+                return False
+            return _raise_in_thread(self._running_thread, KeyboardInterrupt)
+
+    def variables(self) -> list[dict[str, Any]]:
+        """The namespace's user variables."""
+        return self._executor.variables()
+
+    def restart(self) -> None:
+        """Drop the namespace dict for a fresh one."""
+        self.interrupt()
+        old, self._executor = self._executor, self._new_executor()
+        old.close()
+
+    def details(self) -> dict[str, Any]:
+        """No process of its own: nothing to add."""
+        return {}
+
+    def close(self) -> None:
+        """Interrupt anything running and clear the namespace."""
+        self.interrupt()
+        self._executor.close()
+
+
+class InProcessBackend:
+    """Makes InProcessKernels."""
+
+    name = "inprocess"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def __call__(self, namespace_id: str) -> InProcessKernel:
+        return InProcessKernel(self.config["repr_limit_bytes"], self.config["interrupt_grace"])
+
+    def close(self) -> None:
+        """Nothing shared to release."""

@@ -1,0 +1,73 @@
+"""Framing for messages between the server and its workers: 4-byte length, then JSON.
+
+JSON rather than pickle: the worker runs untrusted code, and the server must never unpickle
+what such a process sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE = 1 << 30
+
+
+class ChannelClosed(EOFError):
+    """The other end of the channel went away."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One framed message."""
+    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8",
+                                                                                   "surrogatepass")
+    return _HEADER.pack(len(body)) + body
+
+
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
+    """Send one message (blocking)."""
+    sock.sendall(encode(message))
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ChannelClosed("channel closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv(sock: socket.socket) -> dict[str, Any]:
+    """Receive one message (blocking, or up to the socket's timeout)."""
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    if size > MAX_MESSAGE:
+        raise ChannelClosed(f"message of {size} bytes is too large")
+    message: dict[str, Any] = json.loads(_recv_exact(sock, size))
+    return message
+
+
+class FrameReader:
+    """Incremental decoder for a non-blocking reader: feed bytes, get whole messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Messages completed by data."""
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if size > MAX_MESSAGE:
+                raise ChannelClosed(f"message of {size} bytes is too large")
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            messages.append(json.loads(bytes(self._buffer[_HEADER.size:end])))
+            del self._buffer[:end]
+        return messages

@@ -1,0 +1,223 @@
+"""The command line: serve (gunicorn, gthread, one worker), exec, check."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import load_config
+from .errors import KernelServerError
+
+url_option = click.option("--url", envvar="KERNELSERVER_URL", default="http://127.0.0.1:5000",
+                          show_default=True, help="Server URL [env KERNELSERVER_URL].")
+token_option = click.option("--token", envvar="KERNELSERVER_TOKEN", default=None,
+                            help="Bearer token [env KERNELSERVER_TOKEN].")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line to stderr and exit."""
+    click.echo(f"kernelserver: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kernelserver")
+def cli() -> None:
+    """kernelserver: run Python in named, persistent namespaces over HTTP."""
+
+
+def _preflight(config: dict[str, Any]) -> None:
+    """Open the data dir and history once in this process, so problems are one clear line."""
+    from .history import History, HistoryError
+    from .server_state import ServerLockError, ServerState
+
+    try:
+        lock = ServerState._take_lock(__import__("pathlib").Path(config["data_dir"]))
+    except (HistoryError, ServerLockError) as exc:
+        fail(str(exc))
+    try:
+        History(config["data_dir"]).close()
+    except HistoryError as exc:
+        fail(str(exc))
+    finally:
+        lock.close()
+
+
+def gunicorn_options(config: dict[str, Any], certfile: str | None, keyfile: str | None) -> dict[str, Any]:
+    """The gunicorn settings kernelserver needs: one gthread worker, no worker timeout."""
+    host = config["host"]
+    bind_host = f"[{host}]" if ":" in host else host
+    options: dict[str, Any] = {
+        "bind": f"{bind_host}:{config['port']}",
+        "workers": 1,  # namespaces live in the worker's memory: exactly one
+        "worker_class": "gthread",
+        "threads": config["threads"],
+        "timeout": 0,  # a long cell is not a hung worker
+        "graceful_timeout": 15,
+        "keepalive": 75,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "kernelserver",
+    }
+    if certfile:
+        options["certfile"] = certfile
+        options["keyfile"] = keyfile
+    return options
+
+
+def run_gunicorn(config: dict[str, Any], options: dict[str, Any]) -> None:
+    """Serve create_app(config) under gunicorn with these options (blocks)."""
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        # SIGTERM and friends: shut every namespace's worker down before the process goes.
+        app = getattr(worker, "wsgi", None)
+        state = getattr(app, "extensions", {}).get("kernelserver") if app else None
+        if state is not None:
+            state.close()
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {**options, "worker_exit": worker_exit}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(config)
+
+    Application().run()
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [5000].")
+@click.option("--token", default=None, help="Bearer token [env KERNELSERVER_TOKEN; else generated].")
+@click.option("--no-auth", is_flag=True, default=None, help="No token (loopback only).")
+@click.option("--backend", type=click.Choice(["process", "inprocess"]), default=None,
+              help="Namespace backend [process].")
+@click.option("--data-dir", default=None, help="History and lock directory "
+              "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Extra Host header name to accept when bound to loopback (repeatable).")
+@click.option("--threads", type=int, default=None, help="Concurrent requests [64].")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate (PEM); serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS private key (PEM).")
+def serve(host: str | None, port: int | None, token: str | None, no_auth: bool | None,
+          backend: str | None, data_dir: str | None, allow_hosts: tuple[str, ...],
+          threads: int | None, certfile: str | None, keyfile: str | None) -> None:
+    """Run the server under gunicorn and print its URL and token."""
+    from .app import is_loopback
+
+    overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
+                 "backend": backend, "data_dir": data_dir, "threads": threads,
+                 "allowed_hosts": allow_hosts or None}
+    try:
+        config = load_config(overrides)
+    except ValueError as exc:
+        fail(str(exc))
+    if bool(certfile) != bool(keyfile):
+        fail("--certfile and --keyfile go together")
+    if config["no_auth"]:
+        if not is_loopback(config["host"]):
+            fail("--no-auth is refused unless --host is a loopback address")
+        config["token"] = None
+    elif not config["token"]:
+        config["token"] = secrets.token_urlsafe(32)
+        generated = True
+    else:
+        generated = False
+    _preflight(config)
+    scheme = "https" if certfile else "http"
+    shown_host = f"[{config['host']}]" if ":" in config["host"] else config["host"]
+    url = f"{scheme}://{shown_host}:{config['port']}"
+    click.echo(f"kernelserver {__version__} on {url} (backend: {config['backend']}, "
+               f"data: {config['data_dir']})", err=True)
+    if config["token"] and generated:
+        click.echo(f"token (generated, shown once): {config['token']}", err=True)
+        click.echo("try: curl -s -H " + shlex.quote(f"Authorization: Bearer {config['token']}")
+                   + f" --data-urlencode 'code=1+1' {url}/execute", err=True)
+    elif config["token"]:
+        click.echo("token: from --token / KERNELSERVER_TOKEN", err=True)
+    else:
+        click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
+    if not is_loopback(config["host"]):
+        click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
+                   "the token can run code as this user", err=True)
+    run_gunicorn(config, gunicorn_options(config, certfile, keyfile))
+
+
+def _client(url: str, token: str | None) -> Any:
+    from .client import Client
+
+    return Client(url, token)
+
+
+def _write(stream: Any) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+@cli.command("exec")
+@url_option
+@token_option
+@click.option("--id", "namespace_id", default="default", show_default=True, help="Namespace id.")
+@click.option("--timeout", type=float, default=None, help="Seconds before the cell is stopped.")
+@click.argument("code")
+def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None, code: str) -> None:
+    """Run CODE (or - for stdin) in a namespace, streaming its output; exit 1 if it fails."""
+    if code == "-":
+        code = sys.stdin.read()
+    out, err = _write(sys.stdout), _write(sys.stderr)
+    try:
+        with _client(url, token) as client:
+            namespace = client.namespace(namespace_id)
+            final: dict[str, Any] | None = None
+            events = namespace.run(code, timeout=timeout, stream=True)
+            try:
+                for event in events:
+                    kind = event.get("event")
+                    if kind == "stdout":
+                        out(event["text"])
+                    elif kind == "stderr":
+                        err(event["text"])
+                    elif kind == "display":
+                        out(str(event["data"].get("text/plain", "")) + "\n")
+                    elif kind == "result":
+                        final = event
+            except KeyboardInterrupt:
+                namespace.interrupt()
+                err("\nkernelserver: interrupted the cell\n")
+                sys.exit(130)
+    except KernelServerError as exc:
+        fail(str(exc))
+    if final is None:
+        fail("the stream ended before the result")
+        return
+    if final.get("result"):
+        out(str(final["result"].get("text/plain", "")) + "\n")
+    if final.get("error"):
+        error = final["error"]
+        err(error.get("traceback") or f"{error['ename']}: {error['evalue']}\n")
+    sys.exit(0 if final.get("status") == "ok" else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="kernelserver")
+
+
+if __name__ == "__main__":
+    main()

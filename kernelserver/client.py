@@ -1,0 +1,209 @@
+"""A thin requests-based client: Client, Namespace, and the server's own exception classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from .errors import ConnectionFailed, KernelServerError, error_class
+from .results import ExecutionResult
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+DEFAULT_TIMEOUT = 30.0
+# Long cells are followed by long-polls of this many seconds each, so no single HTTP request
+# waits forever and no proxy idles the connection out.
+POLL_SECONDS = 20.0
+
+
+class Client:
+    """A connection to one kernelserver; a context manager over a requests.Session."""
+
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, verify: bool | str = True) -> None:
+        self.url = (url or os.environ.get("KERNELSERVER_URL") or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("KERNELSERVER_TOKEN")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.verify = verify
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying session."""
+        self.session.close()
+
+    def request(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
+                params: dict[str, Any] | None = None,
+                timeout: float | tuple[float, float] | None = None,
+                stream: bool = False) -> requests.Response:
+        """One HTTP request; API errors raise the matching errors.py class."""
+        try:
+            response = self.session.request(
+                method, self.url + path, json=json_body, params=params,
+                timeout=timeout if timeout is not None else self.timeout, stream=stream,
+            )
+        except requests.exceptions.Timeout as exc:
+            raise ConnectionFailed(f"no answer from {self.url} in time: {exc}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ConnectionFailed(f"cannot reach kernelserver at {self.url}: "
+                                   f"{type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.request(method, path, **kwargs)
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            raise KernelServerError(f"{self.url}{path} did not answer JSON; is this a "
+                                    "kernelserver?") from None
+        return data
+
+    def health(self) -> dict[str, Any]:
+        """GET /health."""
+        return self._json("GET", "/health")
+
+    def info(self) -> dict[str, Any]:
+        """GET /info: version, backend, limits, environment probe."""
+        return self._json("GET", "/info", timeout=max(self.timeout, 60.0))
+
+    def namespaces(self) -> list[dict[str, Any]]:
+        """Every namespace's info."""
+        return list(self._json("GET", "/env/list")["envs"])
+
+    def namespace(self, namespace_id: str = "default", create: bool = True) -> Namespace:
+        """A handle on a namespace, created on the server unless create is False."""
+        if create:
+            self._json("POST", "/env/create", json_body={"id": namespace_id},
+                       timeout=max(self.timeout, 60.0))
+        return Namespace(self, namespace_id)
+
+    def run(self, code: str, namespace_id: str = "default", **kwargs: Any) -> ExecutionResult:
+        """Run code in a namespace (shortcut for namespace(id).run(code))."""
+        return Namespace(self, namespace_id).run(code, **kwargs)
+
+
+def _error_from(response: requests.Response) -> KernelServerError:
+    try:
+        body = response.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+        details = {k: v for k, v in body.items() if k not in ("code", "message")}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "", f"HTTP {response.status_code} from {response.url}", {}
+    return error_class(code, response.status_code)(message, **details)
+
+
+class Namespace:
+    """One namespace on a server: run code, read variables and history, interrupt, delete."""
+
+    def __init__(self, client: Client, namespace_id: str) -> None:
+        self.client = client
+        self.id = namespace_id
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.id!r} on {self.client.url})"
+
+    def run(self, code: str, timeout: float | None = None, wait: float | None = None,
+            stream: bool = False) -> Any:
+        """Run a cell; the result, or with stream=True an iterator of events.
+
+        Without wait, blocks until the cell ends (long cells are long-polled, never cut off).
+        With wait, returns after that many seconds at most; a result still running has
+        status "running" or "queued": call .wait() on it, or ns.execution(n), later.
+        """
+        body: dict[str, Any] = {"id": self.id, "code": code}
+        if timeout is not None:
+            body["timeout"] = timeout
+        if stream:
+            body["stream"] = True
+            return self._events(body)
+        body["wait"] = POLL_SECONDS if wait is None else wait
+        data = self.client._json("POST", "/execute", json_body=body,
+                                 timeout=body["wait"] + self.client.timeout)
+        result = _bind(ExecutionResult.from_dict(data), self)
+        if wait is None and not result.finished:
+            return self.wait_for(result.execution_count)
+        return result
+
+    def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        # The server sends a keepalive at least every 10 s, so the read timeout only fires on
+        # a dead connection.
+        response = self.client.request("POST", "/execute", json_body=body, stream=True,
+                                       timeout=(self.client.timeout, 60.0))
+        with response:
+            for line in response.iter_lines(chunk_size=1, decode_unicode=False):
+                if not line:
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("event") == "keepalive":
+                    continue
+                yield event
+                if event.get("event") == "result":
+                    return
+
+    def execution(self, n: int, wait: float = 0.0) -> ExecutionResult:
+        """The state of execution n (waiting up to wait seconds for it to finish)."""
+        data = self.client._json("GET", "/env/execution",
+                                 params={"id": self.id, "n": n, "wait": wait},
+                                 timeout=wait + self.client.timeout)
+        return _bind(ExecutionResult.from_dict(data), self)
+
+    def wait_for(self, n: int, timeout: float | None = None) -> ExecutionResult:
+        """Long-poll execution n until it finishes (or timeout seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = POLL_SECONDS
+            if deadline is not None:
+                step = max(0.0, min(step, deadline - time.monotonic()))
+            result = self.execution(n, wait=step)
+            if result.finished or (deadline is not None and time.monotonic() >= deadline):
+                return result
+
+    def info(self) -> dict[str, Any]:
+        """POST /env/get: state, counters, pid, memory, variables."""
+        return self.client._json("POST", "/env/get", json_body={"id": self.id})
+
+    def variables(self) -> list[dict[str, Any]]:
+        """The namespace's variables: name, type, repr (and shape/dtype for arrays)."""
+        return list(self.info()["variables"])
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Past executions, oldest first."""
+        params: dict[str, Any] = {"id": self.id}
+        if limit is not None:
+            params["limit"] = limit
+        return list(self.client._json("GET", "/env/history", params=params)["executions"])
+
+    def interrupt(self) -> bool:
+        """Interrupt the running cell; False if nothing was running."""
+        data = self.client._json("POST", "/env/interrupt", json_body={"id": self.id})
+        return bool(data["interrupted"])
+
+    def restart(self) -> dict[str, Any]:
+        """A fresh, empty namespace under the same id (history is kept)."""
+        return self.client._json("POST", "/env/restart", json_body={"id": self.id},
+                                 timeout=max(self.client.timeout, 60.0))
+
+    def delete(self) -> None:
+        """Delete the namespace; its worker and memory are gone when this returns."""
+        self.client._json("POST", "/env/delete", json_body={"id": self.id},
+                          timeout=max(self.client.timeout, 60.0))
+
+
+def _bind(result: ExecutionResult, namespace: Namespace) -> ExecutionResult:
+    # ExecutionResult is frozen and shared with the server; the client attaches its namespace
+    # out of band so result.wait() can poll.
+    object.__setattr__(result, "_namespace", namespace)
+    return result

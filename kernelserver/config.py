@@ -1,0 +1,114 @@
+"""The one settings table: defaults, then KERNELSERVER_* environment, then explicit overrides."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def default_data_dir() -> str:
+    """The platform's per-user data directory for kernelserver."""
+    if sys.platform == "darwin":
+        return str(Path.home() / "Library" / "Application Support" / "kernelserver")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "kernelserver")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its name, default, parser and help text."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        """The environment variable that overrides the default."""
+        return "KERNELSERVER_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", str, "Address to bind. Anything but loopback exposes the server."),
+    Setting("port", 5000, int, "TCP port to listen on."),
+    Setting("token", None, str, "Bearer token clients must send; generated and printed if unset."),
+    Setting("no_auth", False, _parse_bool, "Disable the token check (refused unless host is loopback)."),
+    Setting("backend", "process", str, "Namespace backend: `process` (a worker per namespace) or "
+            "`inprocess` (dicts in the server process)."),
+    Setting("data_dir", None, str, "Directory for history and the server lock "
+            "(default: the platform's user data directory)."),
+    Setting("allowed_hosts", (), _parse_list, "Extra Host header names accepted when bound to "
+            "loopback (comma-separated)."),
+    Setting("max_body_bytes", 16 * MIB, int, "Largest request body accepted; larger gets 413."),
+    Setting("max_namespaces", 32, int, "Most namespaces alive at once; past it /env/create gets 429."),
+    Setting("max_queued", 64, int, "Most executions waiting in one namespace's queue; past it 429."),
+    Setting("output_cap_bytes", 8 * MIB, int, "Output kept per stream per execution; head and tail "
+            "are kept around a marker."),
+    Setting("repr_limit_bytes", 1 * MIB, int, "Longest repr kept for a result or display."),
+    Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
+            "interrupt before its worker is killed."),
+    Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),
+    Setting("keep_executions", 100, int, "Finished executions per namespace kept in memory "
+            "(older ones are read from history)."),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Resolve every setting: table default, then KERNELSERVER_* variable, then overrides."""
+    environ = os.environ if environ is None else environ
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = setting.default
+        raw = environ.get(setting.env)
+        if raw is not None and raw != "":
+            try:
+                value = setting.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{setting.env}: {exc}") from None
+        config[setting.name] = value
+    for name, value in (overrides or {}).items():
+        if name not in _BY_NAME:
+            raise ValueError(f"unknown setting {name!r}")
+        if value is not None:
+            config[name] = value
+    if config["data_dir"] is None:
+        config["data_dir"] = default_data_dir()
+    if config["backend"] not in ("process", "inprocess"):
+        raise ValueError(f"backend must be 'process' or 'inprocess', not {config['backend']!r}")
+    config["allowed_hosts"] = tuple(config["allowed_hosts"])
+    return config
+
+
+def settings_markdown() -> str:
+    """The settings reference as a Markdown table, rendered from SETTINGS."""
+    lines = ["| setting | environment | default | what it does |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(generated)" if s.name == "token" else s.default
+        if s.name == "data_dir":
+            default = "(user data dir)"
+        lines.append(f"| `{s.name}` | `{s.env}` | `{default}` | {s.help} |")
+    return "\n".join(lines) + "\n"

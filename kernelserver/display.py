@@ -1,0 +1,111 @@
+"""MIME bundles for results and display(): the _repr_*_ protocol IPython defined."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# Method name → MIME type, in the order IPython's formatters try them.
+REPR_METHODS: tuple[tuple[str, str], ...] = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_latex_", "text/latex"),
+    ("_repr_json_", "application/json"),
+)
+BINARY_TYPES = frozenset({"image/png", "image/jpeg"})
+
+
+def truncate_text(text: str, limit: int) -> str:
+    """Cut text longer than limit characters, with a marker saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    dropped = len(text) - limit
+    return text[:limit] + f"\n…[kernelserver: {dropped} more characters truncated]"
+
+
+def safe_repr(obj: Any, limit: int) -> str:
+    """repr() that never raises and never returns more than about limit characters."""
+    try:
+        text = repr(obj)
+    except BaseException as exc:  # noqa: BLE001 - a user's __repr__ may raise anything
+        text = f"<{type(obj).__name__} object: repr failed: {type(exc).__name__}: {exc}>"
+    return truncate_text(text, limit)
+
+
+def _warn(message: str) -> None:
+    # The backend's capture routes this to the execution's stderr.
+    print(message, file=sys.stderr)
+
+
+def _encode(mime: str, value: Any, limit: int) -> Any:
+    if mime in BINARY_TYPES:
+        if isinstance(value, str):
+            return value  # already base64, as IPython allows
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    if mime == "application/json":
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"expected str, got {type(value).__name__}")
+    return truncate_text(value, limit)
+
+
+def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
+    """Every format obj offers, always with text/plain; a failing repr method is reported, not raised."""
+    bundle: dict[str, Any] = {}
+    type_name = type(obj).__name__
+    method: Callable[..., Any] | None = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method) and not isinstance(obj, type):
+        try:
+            data = method()
+            if isinstance(data, tuple):
+                data = data[0]
+            for mime, value in (data or {}).items():
+                bundle[str(mime)] = _encode(str(mime), value, limit)
+        except Exception as exc:
+            _warn(f"kernelserver: {type_name}._repr_mimebundle_ failed: {type(exc).__name__}: {exc}")
+    for name, mime in REPR_METHODS:
+        if mime in bundle or isinstance(obj, type):
+            continue
+        method = getattr(obj, name, None)
+        if not callable(method):
+            continue
+        try:
+            value = method()
+            if isinstance(value, tuple):  # (data, metadata) form
+                value = value[0]
+            if value is not None:
+                bundle[mime] = _encode(mime, value, limit)
+        except Exception as exc:
+            _warn(f"kernelserver: {type_name}.{name} failed: {type(exc).__name__}: {exc}")
+    if "text/plain" not in bundle:
+        bundle["text/plain"] = safe_repr(obj, limit)
+    return bundle
+
+
+def describe_variable(name: str, value: Any, limit: int = 200) -> dict[str, Any]:
+    """A short, safe description of one namespace variable for /env/get."""
+    info: dict[str, Any] = {"name": name, "type": type(value).__name__, "repr": safe_repr(value, limit)}
+    for attr in ("shape", "dtype"):
+        try:
+            found = getattr(value, attr, None)
+        except Exception:  # a property may raise
+            found = None
+        if found is not None and not callable(found) and not isinstance(value, type):
+            info[attr] = list(found) if attr == "shape" and isinstance(found, tuple) else str(found)
+    return info
+
+
+def is_user_variable(name: str, value: Any) -> bool:
+    """True for names a user would want listed: not dunders, modules or the display builtins."""
+    import types
+
+    if name.startswith("_"):
+        return False
+    return not isinstance(value, types.ModuleType)

@@ -1,0 +1,178 @@
+"""One cell: compile as a unit, run in the namespace dict, return the last value or a clean traceback."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import inspect
+import linecache
+import os
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .display import describe_variable, is_user_variable, mimebundle
+from .results import ErrorInfo
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+class StdinNotImplementedError(RuntimeError):
+    """input() was called; cells cannot read from stdin."""
+
+
+# Shown as plain `StdinNotImplementedError`, as IPython names it, not with our module path.
+StdinNotImplementedError.__module__ = "builtins"
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What running a cell gave, before the backend adds captured output."""
+
+    status: str
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+def cell_filename(execution_count: int) -> str:
+    """The pseudo-file name a cell is compiled under."""
+    return f"<cell-{execution_count}>"
+
+
+def _is_ours(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _strip_frames(te: traceback.TracebackException, seen: set[int]) -> None:
+    # asyncio frames sit between our runner and the cell when a cell awaits; they are noise too.
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    kept = [
+        f for f in te.stack
+        if not _is_ours(f.filename) and not (f.filename.startswith(os.path.dirname(asyncio.__file__)))
+    ]
+    te.stack = traceback.StackSummary.from_list(kept)
+    for linked in (te.__cause__, te.__context__):
+        if linked is not None:
+            _strip_frames(linked, seen)
+    for sub in getattr(te, "exceptions", None) or ():
+        _strip_frames(sub, seen)
+
+
+def format_error(exc: BaseException, *, with_stack: bool = True) -> ErrorInfo:
+    """The error of a cell, its traceback cut to the user's own frames."""
+    tb = exc.__traceback__ if with_stack else None
+    te = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    _strip_frames(te, set())
+    text = "".join(te.format())
+    try:
+        evalue = str(exc)
+    except Exception:
+        evalue = "<str() of the exception failed>"
+    return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=text)
+
+
+def _no_input(prompt: object = "") -> str:
+    raise StdinNotImplementedError(
+        "input() is not available: kernelserver cells cannot read from stdin; "
+        "put the value in the code instead"
+    )
+
+
+class Executor:
+    """A namespace: one globals dict, an execution counter, and an event loop for top-level await."""
+
+    def __init__(
+        self,
+        namespace: dict[str, Any] | None = None,
+        *,
+        repr_limit: int = 1024 * 1024,
+        on_display: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.namespace: dict[str, Any] = namespace if namespace is not None else {}
+        self.repr_limit = repr_limit
+        self.on_display = on_display or (lambda bundle: None)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        user_builtins = dict(vars(builtins))
+        user_builtins["input"] = _no_input
+        user_builtins["display"] = self.display
+        self.namespace.setdefault("__name__", "__main__")
+        self.namespace["__builtins__"] = user_builtins
+
+    def display(self, *objs: Any, **kwargs: Any) -> None:
+        """The display() builtin of a namespace: each object's MIME bundle goes out as a display."""
+        raw = kwargs.get("raw", False)
+        for obj in objs:
+            if raw and isinstance(obj, dict):
+                self.on_display(dict(obj))
+            else:
+                self.on_display(mimebundle(obj, self.repr_limit))
+
+    def _compile(self, source: str, filename: str) -> tuple[types.CodeType | None, types.CodeType | None]:
+        tree = ast.parse(source, filename=filename, mode="exec")
+        last: ast.Expression | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body[-1].value)
+            tree.body.pop()
+        body = compile(tree, filename, "exec", flags=_ASYNC_FLAGS, dont_inherit=True) if tree.body else None
+        value = compile(last, filename, "eval", flags=_ASYNC_FLAGS, dont_inherit=True) if last else None
+        return body, value
+
+    def _run_code(self, code: types.CodeType, mode: str) -> Any:
+        if code.co_flags & inspect.CO_COROUTINE:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(eval(code, self.namespace))
+        if mode == "exec":
+            exec(code, self.namespace)
+            return None
+        return eval(code, self.namespace)
+
+    def run(self, source: str, execution_count: int) -> CellOutcome:
+        """Compile and run one cell; user errors come back as data, never raised."""
+        filename = cell_filename(execution_count)
+        lines = source.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        # mtime None keeps linecache.checkcache() from evicting the entry.
+        linecache.cache[filename] = (len(source), None, lines, filename)
+        try:
+            body, value_code = self._compile(source, filename)
+        except (SyntaxError, ValueError) as exc:
+            # Only the compiler's frames are on the stack here; the caret line says it all.
+            return CellOutcome("error", error=format_error(exc, with_stack=False))
+        try:
+            if body is not None:
+                self._run_code(body, "exec")
+            value = self._run_code(value_code, "eval") if value_code is not None else None
+        except KeyboardInterrupt as exc:
+            return CellOutcome("interrupted", error=format_error(exc))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and all are user errors here
+            return CellOutcome("error", error=format_error(exc))
+        if value is None:
+            return CellOutcome("ok")
+        self.namespace["_"] = value
+        try:
+            bundle = mimebundle(value, self.repr_limit)
+        except BaseException as exc:  # noqa: BLE001
+            return CellOutcome("error", error=format_error(exc))
+        return CellOutcome("ok", result=bundle)
+
+    def variables(self, repr_limit: int = 200) -> list[dict[str, Any]]:
+        """Name, type and a short safe repr of each user variable."""
+        return [
+            describe_variable(name, value, repr_limit)
+            for name, value in list(self.namespace.items())
+            if is_user_variable(name, value)
+        ]
+
+    def close(self) -> None:
+        """Close the event loop and drop the namespace's references."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.close()
+        self.namespace.clear()

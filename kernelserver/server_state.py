@@ -1,0 +1,134 @@
+"""Everything one app owns: settings, token, registry, history, the data-dir lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from .backends import make_kernel_factory
+from .errors import ExecutionNotFound, NamespaceNotFound
+from .execution import Execution
+from .history import History, HistoryError
+from .registry import Registry, validate_id
+from .results import ExecutionResult
+
+
+class ServerLockError(RuntimeError):
+    """Another kernelserver process already serves this data dir."""
+
+
+def _is_loopback_host(host: str) -> bool:
+    from .app import is_loopback
+
+    return is_loopback(host)
+
+
+class ServerState:
+    """The app's one piece of state, kept in app.extensions["kernelserver"]."""
+
+    def __init__(self, config: dict[str, Any], version: str) -> None:
+        self.config = config
+        self.version = version
+        self.token: str | None = None if config["no_auth"] else config["token"]
+        self.check_host = _is_loopback_host(config["host"])
+        self.allowed_hosts = frozenset(h.lower() for h in config["allowed_hosts"])
+        self._lock_file = self._take_lock(Path(config["data_dir"]))
+        try:
+            self.history = History(config["data_dir"])
+        except HistoryError:
+            self._release_lock()
+            raise
+        self.backend = make_kernel_factory(config)
+        self.registry = Registry(config, self.backend, self.history)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @staticmethod
+    def _take_lock(data_dir: Path) -> IO[str]:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 - held for the app's life
+        except OSError as exc:
+            raise HistoryError(
+                f"cannot use the data dir {data_dir}: {exc.strerror}; choose another with "
+                "--data-dir or KERNELSERVER_DATA_DIR"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ServerLockError(
+                f"another kernelserver process already serves {data_dir}. Namespaces live in one "
+                "process: run gunicorn with exactly one worker (-w 1, threads for concurrency), "
+                "or give each server its own --data-dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
+    def _release_lock(self) -> None:
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        finally:
+            self._lock_file.close()
+
+    def find_execution(self, namespace_id: str, n: int) -> Execution | ExecutionResult:
+        """A live execution if the namespace still holds it, else the recorded one."""
+        validate_id(namespace_id)
+        live_namespace = None
+        try:
+            live_namespace = self.registry.get(namespace_id)
+            return live_namespace.execution(n)
+        except (NamespaceNotFound, ExecutionNotFound):
+            pass
+        self.history.flush(timeout=5.0)
+        recorded = self.history.get(namespace_id, n)
+        if recorded is not None:
+            return recorded
+        if live_namespace is None and not self.history.has(namespace_id):
+            raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
+                                    id=namespace_id)
+        raise ExecutionNotFound(f"no execution {n} in namespace {namespace_id!r}")
+
+    def history_of(self, namespace_id: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` executions of a namespace, oldest first."""
+        validate_id(namespace_id)
+        self.history.flush(timeout=5.0)
+        rows = self.history.list(namespace_id, limit)
+        if not rows and namespace_id not in self.registry.ids():
+            raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
+                                    id=namespace_id)
+        return rows
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client cares about."""
+        keys = ("max_body_bytes", "max_namespaces", "max_queued", "output_cap_bytes",
+                "repr_limit_bytes", "interrupt_grace")
+        return {key: self.config[key] for key in keys}
+
+    def info(self) -> dict[str, Any]:
+        """Server version, backend and limits for /info."""
+        return {
+            "version": self.version,
+            "backend": self.config["backend"],
+            "auth": self.token is not None,
+            "limits": self.limits(),
+            "namespaces": len(self.registry.ids()),
+        }
+
+    def close(self) -> None:
+        """Stop every namespace, flush history and release the data dir."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.registry.close()
+        close_backend = getattr(self.backend, "close", None)
+        if close_backend is not None:
+            close_backend()
+        self.history.close()
+        self._release_lock()
