@@ -111,6 +111,7 @@ class LiveServer:
     proc: subprocess.Popen[str]
     data_dir: Path
     log: Path
+    log_handle: Any = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -127,6 +128,9 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+        if self.log_handle is not None:
+            self.log_handle.close()
+            self.log_handle = None
 
 
 def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "http",
@@ -150,13 +154,16 @@ def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            handle.close()
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         try:
             if requests.get(url + "/health", timeout=1, verify=verify).ok:
-                return LiveServer(url, token, proc, data_dir, log)
+                return LiveServer(url, token, proc, data_dir, log, handle)
         except requests.RequestException:
             time.sleep(0.1)
     proc.kill()
+    proc.wait(10)
+    handle.close()
     raise RuntimeError(f"server did not come up:\n{log.read_text()}")
 
 

@@ -31,6 +31,23 @@ class KernelOutcome:
     restarted: bool = False
 
 
+def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_after: float | None = None
+                  ) -> ErrorInfo:
+    """The TimeoutError of a cell that ran past its timeout; its traceback shows where it was."""
+    shown = f"{timeout:g}" if timeout is not None else "?"
+    if killed_after is None:
+        evalue = f"cell exceeded its timeout of {shown} s and was interrupted"
+    else:
+        evalue = (f"cell exceeded its timeout of {shown} s and did not stop within {killed_after:g} s "
+                  "of its interrupt; the worker was killed and the namespace restarted empty")
+    where = interrupted.traceback if interrupted else ""
+    lines = where.rstrip("\n").split("\n") if where else []
+    if lines and lines[-1].startswith("KeyboardInterrupt"):
+        lines.pop()
+    traceback = "\n".join(lines + [f"TimeoutError: {evalue}"]) + "\n"
+    return ErrorInfo("TimeoutError", evalue, traceback)
+
+
 class Kernel(Protocol):
     """One namespace's code runner: execute blocks and is only called from one thread at a time."""
 

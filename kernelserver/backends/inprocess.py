@@ -17,7 +17,7 @@ from typing import Any
 
 from ..executor import Executor
 from ..results import ErrorInfo
-from .base import KernelOutcome, OutputSink
+from .base import KernelOutcome, OutputSink, timeout_error
 
 _Writer = Callable[[str], None]
 _route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
@@ -120,11 +120,7 @@ class InProcessKernel:
             _route.reset(token)
             self._sink = None
         if timed_out.is_set() and (outcome is None or outcome.status in ("interrupted", "ok")):
-            return KernelOutcome(
-                "timeout",
-                error=ErrorInfo("TimeoutError", f"cell exceeded its timeout of {timeout:g} s",
-                                outcome.error.traceback if outcome and outcome.error else ""),
-            )
+            return KernelOutcome("timeout", error=timeout_error(timeout, outcome.error if outcome else None))
         if outcome is None:
             return KernelOutcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""))
         return KernelOutcome(outcome.status, outcome.result, outcome.error)

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import NamespaceUnavailable
 from ..results import ErrorInfo
 from . import protocol
-from .base import KernelOutcome, OutputSink
+from .base import KernelOutcome, OutputSink, timeout_error
 from .forkserver import ForkServer, ForkServerError
 
 READ_SIZE = 1 << 16
@@ -409,9 +409,7 @@ class ProcessKernel:
         assert reply is not None
         error = ErrorInfo.from_dict(reply["error"]) if reply.get("error") else None
         if timed_out and reply["status"] in ("interrupted", "ok"):
-            return KernelOutcome("timeout", error=ErrorInfo(
-                "TimeoutError", f"cell exceeded its timeout of {timeout:g} s and was interrupted",
-                error.traceback if error else ""))
+            return KernelOutcome("timeout", error=timeout_error(timeout, error))
         return KernelOutcome(reply["status"], reply.get("result"), error)
 
     def _drain_ready(self, worker: Worker, sink: OutputSink) -> None:
@@ -462,11 +460,8 @@ class ProcessKernel:
         if why is None:
             self._replace_dead(worker)
         if timed_out:
-            return KernelOutcome("timeout", error=ErrorInfo(
-                "TimeoutError",
-                f"cell exceeded its timeout of {timeout:g} s and did not stop within "
-                f"{self.interrupt_grace:g} s of its interrupt; the worker was killed and the "
-                "namespace restarted empty", ""), restarted=True)
+            return KernelOutcome("timeout", error=timeout_error(timeout, None, self.interrupt_grace),
+                                 restarted=True)
         if why is not None:
             return KernelOutcome("error", error=ErrorInfo(
                 "NamespaceRestarted" if why == "restarted" else "NamespaceDeleted",
