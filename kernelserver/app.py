@@ -30,12 +30,12 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .execution import Execution
 from .server_state import ServerState
 
 log = logging.getLogger("kernelserver")
 bp = Blueprint("kernelserver", __name__)
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
-KEEPALIVE_SECONDS = 10.0
 _HTTP_ERRORS: dict[int, type[KernelServerError]] = {
     400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
     415: UnsupportedMediaType,
@@ -64,7 +64,60 @@ def dumps(data: Any) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+CHUNK_CHARS = 1 << 16
+LARGE_ANSWER = 1 << 18
+
+
+def _text_size(data: Any) -> int:
+    if isinstance(data, str):
+        return len(data)
+    if isinstance(data, dict):
+        return sum(_text_size(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(_text_size(v) for v in data)
+    return 8
+
+
+def _pieces(data: Any) -> Iterator[str]:
+    if isinstance(data, str) and len(data) > CHUNK_CHARS:
+        yield '"'
+        for start in range(0, len(data), CHUNK_CHARS):
+            yield json.dumps(data[start:start + CHUNK_CHARS], ensure_ascii=False)[1:-1]
+        yield '"'
+    elif isinstance(data, dict):
+        yield "{"
+        for i, (key, value) in enumerate(data.items()):
+            yield ("," if i else "") + json.dumps(str(key), ensure_ascii=False) + ":"
+            yield from _pieces(value)
+        yield "}"
+    elif isinstance(data, (list, tuple)):
+        yield "["
+        for i, value in enumerate(data):
+            if i:
+                yield ","
+            yield from _pieces(value)
+        yield "]"
+    else:
+        yield json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def iter_json(data: Any) -> Iterator[bytes]:
+    """The JSON of data in ~64 KiB pieces: a large answer is never encoded whole in memory."""
+    batch: list[str] = []
+    size = 0
+    for piece in _pieces(data):
+        batch.append(piece)
+        size += len(piece)
+        if size >= CHUNK_CHARS:
+            yield "".join(batch).encode("utf-8", "backslashreplace")
+            batch, size = [], 0
+    batch.append("\n")
+    yield "".join(batch).encode("utf-8", "backslashreplace")
+
+
 def _json(data: Any, status: int = 200) -> Response:
+    if _text_size(data) > LARGE_ANSWER:
+        return Response(iter_json(data), status=status, mimetype="application/json")
     return Response(dumps(data), status=status, mimetype="application/json")
 
 
@@ -231,11 +284,14 @@ def _wait_answer(execution: Any, wait: float | None) -> Response:
     return _json(snapshot.to_dict(), 200 if snapshot.finished else 202)
 
 
-def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any) -> Response:
+def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any,
+            replay: bool = False) -> Response:
+    keepalive = _state().config["stream_keepalive"]
+
     def generate() -> Iterator[bytes]:
         finished = False
         try:
-            for event in execution.events(KEEPALIVE_SECONDS):
+            for event in execution.events(keepalive, replay=replay):
                 finished = event["event"] == "result"
                 yield dumps(event)
         finally:
@@ -283,10 +339,15 @@ def env_execution() -> Response:
     namespace_id = field_str(data, "id")
     n = field_int(data, "n")
     wait = field_float(data, "wait")
+    stream = field_bool(data, "stream")
     found = _state().find_execution(namespace_id, n)
-    if not hasattr(found, "snapshot"):
-        return _json(found.to_dict())
-    return _wait_answer(found, wait or 0.0)
+    if isinstance(found, Execution):
+        if stream:
+            return _stream(found, False, None, replay=True)
+        return _wait_answer(found, wait or 0.0)
+    if stream:
+        return Response(dumps({"event": "result", **found.to_dict()}), mimetype="application/x-ndjson")
+    return _json(found.to_dict())
 
 
 @bp.get("/env/history")

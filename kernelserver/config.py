@@ -68,7 +68,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
             "interrupt before its worker is killed."),
     Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),
-    Setting("keep_executions", 100, int, "Finished executions per namespace kept in memory "
+    Setting("stream_keepalive", 10.0, float, "Seconds of silence after which a stream gets a "
+            "keepalive event (proxies drop idle connections)."),
+    Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "
             "(older ones are read from history)."),
 )
 

@@ -18,6 +18,24 @@ def utcnow_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# A streaming client may fall this many events behind (each at most one 64 KiB read) before
+# the cell waits for it, and the cell waits at most this long before cutting it off.
+LISTENER_QUEUE_EVENTS = 64
+LISTENER_STALL_SECONDS = 30.0
+
+
+def _force_put(listener: queue.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+    while True:
+        try:
+            listener.put_nowait(event)
+            return
+        except queue.Full:
+            try:
+                listener.get_nowait()
+            except queue.Empty:
+                pass
+
+
 class OutputBuffer:
     """Keeps the first and last cap/2 characters of a stream and counts what fell out between."""
 
@@ -70,15 +88,18 @@ class OutputBuffer:
 
     def getvalue(self) -> str:
         """Head, the marker if anything was dropped, and tail."""
-        head = "".join(self._head)
-        tail = "".join(self._tail)
         if not self.dropped:
-            return head + tail
+            return "".join([*self._head, *self._tail])
         marker = (
             f"\n[kernelserver: output truncated: {self.dropped} characters dropped here; "
             f"{self.total} in all, the first and last {self.half} kept]\n"
         )
-        return head + marker + tail
+        return "".join([*self._head, marker, *self._tail])
+
+    def release(self) -> None:
+        """Drop the kept text (once a final copy exists elsewhere); counters stay."""
+        self._head = []
+        self._tail = deque()
 
 
 class Execution:
@@ -102,31 +123,46 @@ class Execution:
         self._t0: float | None = None
         self.duration_ms: float | None = None
         self._cond = threading.Condition()
-        self._listeners: list[queue.SimpleQueue[dict[str, Any]]] = []
+        self._listeners: list[queue.Queue[dict[str, Any]]] = []
+        self._final: ExecutionResult | None = None  # built once: a finished result never changes
 
     # -- sink interface, called by the backend from the namespace's runner thread --
 
-    def _emit(self, event: dict[str, Any]) -> None:
-        for listener in self._listeners:
-            listener.put(event)
+    def _emit(self, listeners: list[queue.Queue[dict[str, Any]]], event: dict[str, Any]) -> None:
+        # Outside the lock: a full queue makes the runner wait (backpressure, so a live client
+        # receives everything), but never blocks readers of the execution's state.
+        for listener in listeners:
+            try:
+                listener.put(event, timeout=LISTENER_STALL_SECONDS)
+            except queue.Full:
+                with self._cond:
+                    if listener in self._listeners:
+                        self._listeners.remove(listener)
+                _force_put(listener, {"event": "lagging"})
 
     def write_stdout(self, text: str) -> None:
         """Record and broadcast stdout text."""
         with self._cond:
             self.stdout.write(text)
-            self._emit({"event": "stdout", "text": text})
+            listeners = list(self._listeners)
+        if listeners:
+            self._emit(listeners, {"event": "stdout", "text": text})
 
     def write_stderr(self, text: str) -> None:
         """Record and broadcast stderr text."""
         with self._cond:
             self.stderr.write(text)
-            self._emit({"event": "stderr", "text": text})
+            listeners = list(self._listeners)
+        if listeners:
+            self._emit(listeners, {"event": "stderr", "text": text})
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         """Record and broadcast a display."""
         with self._cond:
             self.displays.append(bundle)
-            self._emit({"event": "display", "data": bundle})
+            listeners = list(self._listeners)
+        if listeners:
+            self._emit(listeners, {"event": "display", "data": bundle})
 
     # -- lifecycle --
 
@@ -150,8 +186,14 @@ class Execution:
             self.result = result
             self.error = error
             self.restarted = restarted
-            self._emit({"event": "result", **self.snapshot().to_dict()})
+            self._final = self.snapshot()
+            # The final snapshot holds the text now; keeping the chunks too would double it.
+            self.stdout.release()
+            self.stderr.release()
+            listeners = list(self._listeners)
             self._cond.notify_all()
+        if listeners:
+            self._emit(listeners, {"event": "result", **self._final.to_dict()})
 
     @property
     def finished(self) -> bool:
@@ -166,6 +208,8 @@ class Execution:
     def snapshot(self) -> ExecutionResult:
         """The current state as an immutable result."""
         with self._cond:
+            if self._final is not None:
+                return self._final
             return ExecutionResult(
                 id=self.id,
                 execution_count=self.execution_count,
@@ -182,14 +226,29 @@ class Execution:
                 code=self.code,
             )
 
-    def events(self, keepalive: float, poll: float = 0.5) -> Iterator[dict[str, Any]]:
-        """Every event from now on, ending with the result; a keepalive after each silent interval."""
-        listener: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    def events(self, keepalive: float, replay: bool = False,
+               poll: float = 0.25) -> Iterator[dict[str, Any]]:
+        """Every event from now on, ending with the result; a keepalive after each silent interval.
+
+        With replay, the output kept so far comes first (one event per stream and display), so a
+        client reattaching to a running execution misses nothing that is still kept.
+        """
+        listener: queue.Queue[dict[str, Any]] = queue.Queue(LISTENER_QUEUE_EVENTS)
+        backlog: list[dict[str, Any]] = []
         with self._cond:
+            if replay and not self.finished:
+                for name, buffer in (("stdout", self.stdout), ("stderr", self.stderr)):
+                    text = buffer.getvalue()
+                    if text:
+                        backlog.append({"event": name, "text": text})
+                backlog.extend({"event": "display", "data": d} for d in self.displays)
             if self.finished:
-                yield {"event": "result", **self.snapshot().to_dict()}
-                return
-            self._listeners.append(listener)
+                backlog = [{"event": "result", **self.snapshot().to_dict()}]
+            else:
+                self._listeners.append(listener)
+        yield from backlog
+        if backlog and backlog[-1]["event"] == "result":
+            return
         try:
             silent_since = time.monotonic()
             while True:
@@ -201,6 +260,12 @@ class Execution:
                         yield {"event": "keepalive", "status": self.status}
                     continue
                 silent_since = time.monotonic()
+                if event["event"] == "lagging":
+                    # This client stalled; the cell goes on, and its result stays fetchable.
+                    yield {"event": "error", "code": "stream_lagging",
+                           "message": "the client read too slowly and the stream was cut; fetch "
+                           f"the result with GET /env/execution?id={self.id}&n={self.execution_count}"}
+                    return
                 yield event
                 if event["event"] == "result":
                     return

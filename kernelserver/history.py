@@ -8,6 +8,7 @@ import queue
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ CREATE TABLE IF NOT EXISTS executions (
     submitted_at TEXT,
     started_at TEXT,
     duration_ms REAL,
-    stdout TEXT NOT NULL DEFAULT '',
-    stderr TEXT NOT NULL DEFAULT '',
     result TEXT,
     displays TEXT,
     error TEXT,
@@ -31,7 +30,35 @@ CREATE TABLE IF NOT EXISTS executions (
     restarted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, n)
 );
+-- Outputs apart, the blob last: SQLite keeps zeroblob(n) lazy only in a record's last column,
+-- which lets a large output be written in pieces instead of copied whole.
+CREATE TABLE IF NOT EXISTS outputs (
+    ns TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (ns, n, stream)
+);
 """
+
+
+BLOB_PIECE = 1 << 16
+_CAN_STREAM_BLOBS = hasattr(sqlite3.Connection, "blobopen")  # Python 3.11+
+
+
+def _utf8_size(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return sum(len(text[i:i + BLOB_PIECE].encode("utf-8", "surrogatepass"))
+               for i in range(0, len(text), BLOB_PIECE))
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return value
 
 
 class HistoryError(Exception):
@@ -62,9 +89,9 @@ class History:
                 "is writable, move a corrupt file away, or choose another --data-dir"
             ) from None
         self._read_lock = threading.Lock()
-        # Items: a (sql, args) write, an Event to set once everything before it is committed,
-        # or None to stop.
-        self._writes: queue.Queue[tuple[str, tuple[Any, ...]] | threading.Event | None] = (
+        # Items: a write (a function of the connection), an Event to set once everything before
+        # it is committed, or None to stop.
+        self._writes: queue.Queue[Callable[[sqlite3.Connection], None] | threading.Event | None] = (
             queue.Queue())
         self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
         self._writer.start()
@@ -97,12 +124,12 @@ class History:
                     self._writes.put(None)
                     break
                 batch.append(more)
-            writes = [w for w in batch if isinstance(w, tuple)]
+            writes = [w for w in batch if callable(w) and not isinstance(w, threading.Event)]
             try:
                 if writes:
                     conn.execute("BEGIN")
-                    for sql, args in writes:
-                        conn.execute(sql, args)
+                    for write in writes:
+                        write(conn)
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -115,28 +142,42 @@ class History:
 
     def record_submitted(self, ns: str, n: int, code: str, submitted_at: str) -> None:
         """Queue the row of a newly submitted execution."""
-        self._writes.put((
-            "INSERT OR REPLACE INTO executions (ns, n, code, status, submitted_at) "
-            "VALUES (?, ?, ?, 'queued', ?)", (ns, n, code, submitted_at)))
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO executions (ns, n, code, status, submitted_at) "
+                         "VALUES (?, ?, ?, 'queued', ?)", (ns, n, code, submitted_at))
+
+        self._writes.put(write)
 
     def record_finished(self, result: ExecutionResult) -> None:
         """Queue the final state of an execution."""
-        self._writes.put((
-            "INSERT INTO executions (ns, n, code, status, started_at, duration_ms, stdout, "
-            "stderr, result, displays, error, truncated, restarted) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(ns, n) DO UPDATE SET status=excluded.status, "
-            "started_at=excluded.started_at, duration_ms=excluded.duration_ms, "
-            "stdout=excluded.stdout, stderr=excluded.stderr, result=excluded.result, "
-            "displays=excluded.displays, error=excluded.error, truncated=excluded.truncated, "
-            "restarted=excluded.restarted",
+        self._writes.put(lambda conn: self._write_finished(conn, result))
+
+    @staticmethod
+    def _write_finished(conn: sqlite3.Connection, result: ExecutionResult) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO executions (ns, n, code, status, started_at, duration_ms, "
+            "result, displays, error, truncated, restarted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (result.id, result.execution_count, result.code, result.status, result.started_at,
-             result.duration_ms, result.stdout, result.stderr,
+             result.duration_ms,
              json.dumps(result.result) if result.result is not None else None,
              json.dumps(list(result.displays)),
              json.dumps(result.error.to_dict()) if result.error else None,
              int(result.truncated), int(result.restarted)),
-        ))
+        )
+        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+            if not text:
+                continue
+            if not _CAN_STREAM_BLOBS or len(text) <= BLOB_PIECE:
+                conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
+                             (result.id, result.execution_count, stream,
+                              text.encode("utf-8", "surrogatepass")))
+                continue
+            cursor = conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, zeroblob(?))",
+                                  (result.id, result.execution_count, stream, _utf8_size(text)))
+            # Piece by piece: binding an 8 MiB string would make SQLite copy it whole first.
+            with conn.blobopen("outputs", "data", cursor.lastrowid) as blob:  # type: ignore[attr-defined]
+                for start in range(0, len(text), BLOB_PIECE):
+                    blob.write(text[start:start + BLOB_PIECE].encode("utf-8", "surrogatepass"))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (bounded) until every write queued so far is committed; False on timeout."""
@@ -175,8 +216,11 @@ class History:
         if not rows:
             return None
         r = rows[0]
+        outputs = {row["stream"]: _text(row["data"]) for row in self._query(
+            "SELECT stream, data FROM outputs WHERE ns=? AND n=?", (ns, n))}
         return ExecutionResult(
-            id=ns, execution_count=n, status=r["status"], stdout=r["stdout"], stderr=r["stderr"],
+            id=ns, execution_count=n, status=r["status"], stdout=outputs.get("stdout", ""),
+            stderr=outputs.get("stderr", ""),
             result=json.loads(r["result"]) if r["result"] else None,
             displays=tuple(json.loads(r["displays"]) if r["displays"] else ()),
             error=ErrorInfo.from_dict(json.loads(r["error"])) if r["error"] else None,
