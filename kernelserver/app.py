@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import select
 import socket
 import sys
 import time
@@ -287,11 +288,12 @@ def _wait_answer(execution: Any, wait: float | None) -> Response:
 def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any,
             replay: bool = False) -> Response:
     keepalive = _state().config["stream_keepalive"]
+    sock = request.environ.get("gunicorn.socket")
 
     def generate() -> Iterator[bytes]:
         finished = False
         try:
-            for event in execution.events(keepalive, replay=replay):
+            for event in execution.events(keepalive, replay=replay, gone=lambda: client_gone(sock)):
                 finished = event["event"] == "result"
                 yield dumps(event)
         finally:
@@ -304,6 +306,17 @@ def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any,
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     _set_nodelay()
     return response
+
+
+def client_gone(sock: socket.socket | None) -> bool:
+    """True once the client has closed its connection (a readable socket with nothing to read)."""
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (OSError, ValueError):  # ValueError: TLS sockets take no flags; rely on write errors
+        return False
 
 
 def _set_nodelay() -> None:

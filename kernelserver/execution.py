@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -226,12 +226,13 @@ class Execution:
                 code=self.code,
             )
 
-    def events(self, keepalive: float, replay: bool = False,
-               poll: float = 0.25) -> Iterator[dict[str, Any]]:
+    def events(self, keepalive: float, replay: bool = False, poll: float = 0.25,
+               gone: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
         """Every event from now on, ending with the result; a keepalive after each silent interval.
 
         With replay, the output kept so far comes first (one event per stream and display), so a
-        client reattaching to a running execution misses nothing that is still kept.
+        client reattaching to a running execution misses nothing that is still kept. The events
+        stop early once gone() says the client has disconnected.
         """
         listener: queue.Queue[dict[str, Any]] = queue.Queue(LISTENER_QUEUE_EVENTS)
         backlog: list[dict[str, Any]] = []
@@ -255,6 +256,8 @@ class Execution:
                 try:
                     event = listener.get(timeout=poll)
                 except queue.Empty:
+                    if gone():
+                        return
                     if time.monotonic() - silent_since >= keepalive:
                         silent_since = time.monotonic()
                         yield {"event": "keepalive", "status": self.status}

@@ -53,8 +53,10 @@ class _Interruptible:
 def _make_streams() -> None:
     def wrap(fd: int) -> io.TextIOWrapper:
         raw = io.FileIO(fd, "w", closefd=False)
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace",
-                                line_buffering=True, write_through=True)
+        # Line-buffered like a terminal: print() reaches the pipe as one write per line, and
+        # flush() (tqdm calls it) pushes a partial line out at once.
+        return io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8",
+                                errors="backslashreplace", line_buffering=True)
 
     # The __std*__ originals too: code that restores them must still reach the pipes.
     sys.stdout = sys.__stdout__ = wrap(1)  # type: ignore[misc]

@@ -1,0 +1,287 @@
+"""Long cells: live streaming, wait and reattach, disconnects, output caps, history across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from conftest import ApiClient, LiveServer, process_tree, start_server, wait_until
+from kernelserver import Client
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real server shared by this module's tests (each uses its own namespace)."""
+    live = start_server(tmp_path_factory.mktemp("long"))
+    yield live
+    live.stop()
+
+
+def post(server: LiveServer, path: str, body: dict[str, Any], **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("timeout", 60)
+    return requests.post(server.url + path, json=body, headers=server.headers, **kwargs)
+
+
+def create(server: LiveServer, namespace: str) -> None:
+    assert post(server, "/env/create", {"id": namespace}).status_code in (200, 201)
+
+
+def stream_lines(response: requests.Response) -> Iterator[tuple[float, dict[str, Any]]]:
+    start = time.monotonic()
+    for line in response.iter_lines(chunk_size=1):
+        if line:
+            yield time.monotonic() - start, json.loads(line)
+
+
+def test_stream_events_arrive_as_they_happen(server: LiveServer) -> None:
+    create(server, "stream")
+    code = ("import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\n"
+            "print('oops', file=sys.stderr, flush=True)\n'done'")
+    response = post(server, "/execute", {"id": "stream", "code": code, "stream": True}, stream=True)
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    events = list(stream_lines(response))
+    (t_first, first), *_ = events
+    assert first == {"event": "stdout", "text": "first\n"}
+    assert t_first < 1.0
+    kinds = [e["event"] for _, e in events]
+    assert kinds == ["stdout", "stderr", "result"]
+    t_last, last = events[-1]
+    assert t_last >= 1.4
+    assert last["status"] == "ok" and last["result"] == {"text/plain": "'done'"}
+    assert last["stdout"] == "first\n" and last["stderr"] == "oops\n"
+
+
+def test_silent_stream_gets_keepalives(make_app: Callable[..., Flask]) -> None:
+    app = make_app(backend="process", stream_keepalive=0.3)
+    api = ApiClient(app.test_client())
+    response = api.post("/execute", json={"code": "import time\ntime.sleep(1.2)", "stream": True})
+    events = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+    assert [e["event"] for e in events].count("keepalive") >= 2
+    assert events[-1]["event"] == "result"
+
+
+def test_wait_answers_202_then_execution_has_the_result(server: LiveServer) -> None:
+    create(server, "waiting")
+    code = "import time\nprint('start', flush=True)\ntime.sleep(2)\nprint('end')\n'finished'"
+    response = post(server, "/execute", {"id": "waiting", "code": code, "wait": 0.3})
+    assert response.status_code == 202
+    pending = response.json()
+    assert pending["status"] == "running"
+    n = pending["execution_count"]
+    assert wait_until(lambda: "start" in requests.get(
+        server.url + "/env/execution", params={"id": "waiting", "n": n},
+        headers=server.headers, timeout=10).json()["stdout"], 5)
+    done = requests.get(server.url + "/env/execution", params={"id": "waiting", "n": n, "wait": 10},
+                        headers=server.headers, timeout=30)
+    assert done.status_code == 200
+    final = done.json()
+    assert final["status"] == "ok" and final["stdout"] == "start\nend\n"
+    assert final["result"] == {"text/plain": "'finished'"}
+
+
+def test_queued_status_while_namespace_is_busy(server: LiveServer) -> None:
+    create(server, "queue")
+    post(server, "/execute", {"id": "queue", "code": "import time\ntime.sleep(1)", "wait": 0})
+    second = post(server, "/execute", {"id": "queue", "code": "2", "wait": 0})
+    assert second.status_code == 202 and second.json()["status"] == "queued"
+
+
+def test_disconnected_stream_loses_nothing(server: LiveServer) -> None:
+    create(server, "gone")
+    code = ("import time\nfor i in range(6):\n    print(f'line {i}', flush=True)\n"
+            "    time.sleep(0.25)\n'complete'")
+    response = post(server, "/execute", {"id": "gone", "code": code, "stream": True}, stream=True)
+    lines = response.iter_lines(chunk_size=1)
+    first = json.loads(next(line for line in lines if line))
+    assert first["text"] == "line 0\n"
+    response.close()  # the client goes away mid-cell
+    history = requests.get(server.url + "/env/history", params={"id": "gone"},
+                           headers=server.headers, timeout=10).json()["executions"]
+    n = history[-1]["execution_count"]
+    final = requests.get(server.url + "/env/execution", params={"id": "gone", "n": n, "wait": 10},
+                         headers=server.headers, timeout=30).json()
+    assert final["status"] == "ok"
+    assert final["stdout"] == "".join(f"line {i}\n" for i in range(6))
+    assert final["result"] == {"text/plain": "'complete'"}
+
+
+def test_cancel_on_disconnect_interrupts(server: LiveServer) -> None:
+    create(server, "cancel")
+    code = "import time\nprint('go', flush=True)\ntime.sleep(30)"
+    response = post(server, "/execute", {"id": "cancel", "code": code, "stream": True,
+                                         "cancel_on_disconnect": True}, stream=True)
+    next(line for line in response.iter_lines(chunk_size=1) if line)
+    response.close()
+    n = requests.get(server.url + "/env/history", params={"id": "cancel"}, headers=server.headers,
+                     timeout=10).json()["executions"][-1]["execution_count"]
+    final = requests.get(server.url + "/env/execution", params={"id": "cancel", "n": n, "wait": 10},
+                         headers=server.headers, timeout=30).json()
+    assert final["status"] == "interrupted"
+
+
+def test_reattach_by_streaming_an_execution(server: LiveServer) -> None:
+    create(server, "reattach")
+    code = "import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.3)"
+    pending = post(server, "/execute", {"id": "reattach", "code": code, "wait": 0.45}).json()
+    follow = requests.get(server.url + "/env/execution",
+                          params={"id": "reattach", "n": pending["execution_count"], "stream": "true"},
+                          headers=server.headers, stream=True, timeout=30)
+    events = [e for _, e in stream_lines(follow)]
+    streamed = "".join(e["text"] for e in events if e["event"] == "stdout")
+    assert streamed == "0\n1\n2\n3\n"  # what was kept before reattaching, then the rest live
+    assert events[-1]["event"] == "result" and events[-1]["status"] == "ok"
+
+
+def test_tqdm_progress_passes_through_live(server: LiveServer) -> None:
+    create(server, "tqdm")
+    code = ("from tqdm import tqdm\nimport time\n"
+            "for _ in tqdm(range(5), mininterval=0, miniters=1, ncols=60):\n    time.sleep(0.2)")
+    response = post(server, "/execute", {"id": "tqdm", "code": code, "stream": True}, stream=True)
+    events = list(stream_lines(response))
+    progress = [(t, e["text"]) for t, e in events if e["event"] == "stderr"]
+    assert len(progress) >= 4
+    assert any("\r" in text for _, text in progress)
+    assert any("40%" in text for _, text in progress) and "100%" in progress[-1][1]
+    assert progress[-1][0] - progress[0][0] >= 0.6  # spread over the run, not one burst at the end
+
+
+def _server_worker_pid(server: LiveServer) -> int:
+    children = [p for p in process_tree(server.proc.pid) if p != server.proc.pid]
+    # gunicorn's worker is the master's direct child; the fork server and workers sit below it.
+    direct = []
+    for pid in children:
+        with open(f"/proc/{pid}/stat") as handle:
+            if int(handle.read().rsplit(")", 1)[1].split()[1]) == server.proc.pid:
+                direct.append(pid)
+    assert len(direct) == 1
+    return direct[0]
+
+
+def _peak_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_hundred_megabytes_keeps_server_memory_bounded(server: LiveServer) -> None:
+    create(server, "flood")
+    pid = _server_worker_pid(server)
+    post(server, "/execute", {"id": "flood", "code": "import sys\nsys.stdout.write('warm' * 1000)"})
+    before = _peak_mib(pid)
+    code = "import sys\nfor i in range(100):\n    sys.stdout.write(str(i % 10) * (1 << 20))"
+    data = post(server, "/execute", {"id": "flood", "code": code}, timeout=120).json()
+    grown = _peak_mib(pid) - before
+    cap_mib = 8
+    assert data["truncated"] is True
+    assert data["stdout"].startswith("0" * 1000) and data["stdout"].endswith("9" * 1000)
+    assert "characters dropped here" in data["stdout"]
+    assert len(data["stdout"]) < cap_mib * 1024 * 1024 + 1000
+    # The kept 8 MiB and, for a moment, its final copy; nothing proportional to the 100 MB.
+    assert grown < 2 * cap_mib + 8, f"server peak grew {grown:.1f} MiB"
+
+
+def test_streaming_clients_receive_everything_past_the_cap(make_app: Callable[..., Flask]) -> None:
+    app = make_app(backend="process", output_cap_bytes=1000)
+    api = ApiClient(app.test_client())
+    response = api.post("/execute", json={"code": "for i in range(2000):\n    print(i)",
+                                          "stream": True})
+    events = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+    streamed = "".join(e["text"] for e in events if e["event"] == "stdout")
+    assert streamed == "".join(f"{i}\n" for i in range(2000))
+    final = events[-1]
+    assert final["truncated"] is True and len(final["stdout"]) < 1200
+
+
+def test_history_survives_a_server_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "keep"
+    first = start_server(tmp_path, data_dir=data_dir)
+    try:
+        with Client(first.url, first.token) as client:
+            ns = client.namespace("persist")
+            ns.run("print('one')\n1")
+            ns.run("1/0")
+    finally:
+        first.stop()
+    second = start_server(tmp_path, data_dir=data_dir)
+    try:
+        with Client(second.url, second.token) as client:
+            ns = client.namespace("persist", create=False)
+            history = ns.history()
+            assert [(h["execution_count"], h["code"], h["status"]) for h in history] == [
+                (1, "print('one')\n1", "ok"), (2, "1/0", "error")]
+            old = ns.execution(1)
+            assert old.stdout == "one\n" and old.result == {"text/plain": "1"}
+            assert ns.execution(2).error is not None
+            # The namespace itself is gone with the old server; counts continue after history.
+            assert client.namespaces() == []
+            again = client.namespace("persist").run("2")
+            assert again.execution_count == 3
+    finally:
+        second.stop()
+
+
+def test_restart_keeps_history(server: LiveServer) -> None:
+    with Client(server.url, server.token) as client:
+        ns = client.namespace("rs")
+        ns.run("x = 1")
+        ns.restart()
+        assert ns.run("'x' in globals()").result == {"text/plain": "False"}
+        assert [h["code"] for h in ns.history()] == ["x = 1", "'x' in globals()"]
+        ns.delete()
+        assert [h["code"] for h in ns.history(limit=1)] == ["'x' in globals()"]
+
+
+def test_client_stream_yields_events(server: LiveServer) -> None:
+    with Client(server.url, server.token) as client:
+        events = list(client.namespace("cs").run("print('a')\n2", stream=True))
+    assert events[0] == {"event": "stdout", "text": "a\n"}
+    assert events[-1]["event"] == "result" and events[-1]["result"] == {"text/plain": "2"}
+
+
+def _serve_fails(tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kernelserver.cli", "serve", "--port", "0", "--token", "t",
+         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=30)
+
+
+def test_unwritable_data_dir_is_a_clear_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = _serve_fails(tmp_path, blocker / "data")
+    assert done.returncode == 2
+    assert done.stderr.startswith("kernelserver: error: cannot use the data dir")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
+def test_read_only_data_dir_is_a_clear_message(tmp_path: Path) -> None:
+    data = tmp_path / "ro"
+    data.mkdir()
+    data.chmod(0o500)
+    done = _serve_fails(tmp_path, data)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_corrupt_history_is_a_clear_message(tmp_path: Path) -> None:
+    data = tmp_path / "corrupt"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"this is not a database" * 100)
+    done = _serve_fails(tmp_path, data)
+    assert done.returncode == 2
+    assert "cannot use the history database" in done.stderr
+    assert "move a corrupt file away" in done.stderr
+    assert "Traceback" not in done.stderr
