@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextvars
+import io
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
+
+# Where display() and matplotlib's show() publish, for the cell running in this context.
+current_publisher: contextvars.ContextVar[Callable[[dict[str, Any]], None] | None] = (
+    contextvars.ContextVar("kernelserver_publisher", default=None))
 
 # Method name → MIME type, in the order IPython's formatters try them.
 REPR_METHODS: tuple[tuple[str, str], ...] = (
@@ -50,6 +57,7 @@ def _encode(mime: str, value: Any, limit: int) -> Any:
             return base64.b64encode(bytes(value)).decode("ascii")
         raise TypeError(f"expected bytes, got {type(value).__name__}")
     if mime == "application/json":
+        json.dumps(value)  # raises TypeError for what cannot travel as JSON
         return value
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {type(value).__name__}")
@@ -60,10 +68,16 @@ def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
     """Every format obj offers, always with text/plain; a failing repr method is reported, not raised."""
     bundle: dict[str, Any] = {}
     type_name = type(obj).__name__
+    figure = _figure_png(obj)
+    if figure is not None:
+        bundle["image/png"] = figure
     method: Callable[..., Any] | None = getattr(obj, "_repr_mimebundle_", None)
     if callable(method) and not isinstance(obj, type):
         try:
-            data = method()
+            try:
+                data = method(include=None, exclude=None)
+            except TypeError:
+                data = method()
             if isinstance(data, tuple):
                 data = data[0]
             for mime, value in (data or {}).items():
@@ -87,6 +101,36 @@ def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
     if "text/plain" not in bundle:
         bundle["text/plain"] = safe_repr(obj, limit)
     return bundle
+
+
+def _figure_png(obj: Any) -> str | None:
+    """A matplotlib Figure as base64 PNG, else None (matplotlib is optional)."""
+    figure_module = sys.modules.get("matplotlib.figure")
+    if figure_module is None or not isinstance(obj, figure_module.Figure):
+        return None
+    buffer = io.BytesIO()
+    obj.savefig(buffer, format="png", bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def flush_figures(limit: int = 1024 * 1024) -> None:
+    """Publish every open matplotlib figure as a PNG display, then close them all.
+
+    Figures are closed after each cell, so any figure open now was made or changed by this cell,
+    and none repeats in the next one.
+    """
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    publish = current_publisher.get()
+    if pyplot is None or publish is None:
+        return
+    try:
+        for number in pyplot.get_fignums():
+            try:
+                publish(mimebundle(pyplot.figure(number), limit))
+            except Exception as exc:
+                _warn(f"kernelserver: could not render figure {number}: {type(exc).__name__}: {exc}")
+    finally:
+        pyplot.close("all")
 
 
 def describe_variable(name: str, value: Any, limit: int = 200) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .display import describe_variable, is_user_variable, mimebundle
+from .display import current_publisher, describe_variable, flush_figures, is_user_variable, mimebundle
 from .results import ErrorInfo
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -123,15 +123,26 @@ class Executor:
         value = compile(last, filename, "eval", flags=_ASYNC_FLAGS, dont_inherit=True) if last else None
         return body, value
 
-    def _run_code(self, code: types.CodeType, mode: str) -> Any:
-        if code.co_flags & inspect.CO_COROUTINE:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(eval(code, self.namespace))
-        if mode == "exec":
-            exec(code, self.namespace)
-            return None
-        return eval(code, self.namespace)
+    def _execute(self, body: types.CodeType | None, value_code: types.CodeType | None) -> Any:
+        parts = [c for c in (body, value_code) if c is not None]
+        if not any(c.co_flags & inspect.CO_COROUTINE for c in parts):
+            if body is not None:
+                exec(body, self.namespace)
+            return eval(value_code, self.namespace) if value_code is not None else None
+
+        async def whole_cell() -> Any:
+            # If any part awaits, the whole cell runs inside the loop, as in IPython, so code
+            # before the await sees a running loop too.
+            value = None
+            for code in parts:
+                value = eval(code, self.namespace)
+                if code.co_flags & inspect.CO_COROUTINE:
+                    value = await value
+            return value if value_code is not None else None
+
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(whole_cell())
 
     def run(self, source: str, execution_count: int) -> CellOutcome:
         """Compile and run one cell; user errors come back as data, never raised."""
@@ -141,19 +152,27 @@ class Executor:
             lines[-1] += "\n"
         # mtime None keeps linecache.checkcache() from evicting the entry.
         linecache.cache[filename] = (len(source), None, lines, filename)
+        token = current_publisher.set(self.on_display)
+        try:
+            return self._run(source, filename)
+        finally:
+            current_publisher.reset(token)
+
+    def _run(self, source: str, filename: str) -> CellOutcome:
         try:
             body, value_code = self._compile(source, filename)
         except (SyntaxError, ValueError) as exc:
             # Only the compiler's frames are on the stack here; the caret line says it all.
             return CellOutcome("error", error=format_error(exc, with_stack=False))
         try:
-            if body is not None:
-                self._run_code(body, "exec")
-            value = self._run_code(value_code, "eval") if value_code is not None else None
+            value = self._execute(body, value_code)
         except KeyboardInterrupt as exc:
+            self._flush_figures()
             return CellOutcome("interrupted", error=format_error(exc))
         except BaseException as exc:  # noqa: BLE001 - SystemExit and all are user errors here
+            self._flush_figures()
             return CellOutcome("error", error=format_error(exc))
+        self._flush_figures()
         if value is None:
             return CellOutcome("ok")
         self.namespace["_"] = value
@@ -162,6 +181,12 @@ class Executor:
         except BaseException as exc:  # noqa: BLE001
             return CellOutcome("error", error=format_error(exc))
         return CellOutcome("ok", result=bundle)
+
+    def _flush_figures(self) -> None:
+        try:
+            flush_figures(self.repr_limit)
+        except Exception:  # a broken matplotlib must not turn a finished cell into a crash
+            pass
 
     def variables(self, repr_limit: int = 200) -> list[dict[str, Any]]:
         """Name, type and a short safe repr of each user variable."""

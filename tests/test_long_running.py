@@ -15,8 +15,9 @@ import pytest
 import requests
 from flask import Flask
 
-from conftest import ApiClient, LiveServer, process_tree, start_server, wait_until
 from kernelserver import Client
+
+from conftest import ApiClient, LiveServer, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ inherited sockets, so every worker forked from it has neither. It reaps its chil
 their exit statuses, because the server is not their parent and cannot wait for them itself.
 
 Messages on its SOCK_SEQPACKET socket are JSON, one per packet:
-  server → fork server: {"op": "spawn", "sentinel": hex, "options": {...}} + fds
+  server → fork server: {"op": "spawn", "prefix": hex, "options": {...}} + fds
       [ctl, query, stdout_w, stderr_w]
   fork server → server: {"op": "spawned", "pid": N} | {"op": "spawn_failed", "error": str}
                         | {"op": "exit", "pid": N, "status": raw wait status}
@@ -60,7 +60,7 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         from .worker import main
 
         code = main(socket.socket(fileno=ctl_fd), socket.socket(fileno=query_fd),
-                    bytes.fromhex(message["sentinel"]), message.get("options", {}))
+                    bytes.fromhex(message["prefix"]), message.get("options", {}))
     except BaseException:  # noqa: BLE001 - report anything on the worker's stderr, then exit
         import traceback
 
@@ -198,12 +198,12 @@ class ForkServer:
                     self._replies.append(message)
                 self._cond.notify_all()
 
-    def spawn(self, fds: list[int], sentinel: bytes, options: dict[str, Any],
+    def spawn(self, fds: list[int], prefix: bytes, options: dict[str, Any],
               timeout: float = 10.0) -> int:
         """Fork a worker with these [ctl, query, stdout_w, stderr_w] fds; returns its pid."""
         if self._sock is None or self._closed:
             raise ForkServerError("the fork server is not running")
-        message = json.dumps({"op": "spawn", "sentinel": sentinel.hex(), "options": options})
+        message = json.dumps({"op": "spawn", "prefix": prefix.hex(), "options": options})
         with self._spawn_lock:
             socket.send_fds(self._sock, [message.encode()], fds)
             with self._cond:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import io
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -76,6 +77,8 @@ class InProcessKernel:
 
     def __init__(self, repr_limit: int, interrupt_grace: float) -> None:
         install_routing()
+        # This process must never open a plot window; figures come back as displays.
+        os.environ.setdefault("MPLBACKEND", "module://kernelserver.mpl_backend")
         self.repr_limit = repr_limit
         self.interrupt_grace = interrupt_grace
         self._sink: OutputSink | None = None

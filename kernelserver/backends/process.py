@@ -38,40 +38,64 @@ def describe_status(status: int | None) -> str:
     return f"exited with code {code}"
 
 
-class _Stream:
-    """One output pipe: decode incrementally, find the end-of-cell sentinel, forward the text."""
+Item = str | int  # text to forward, or the seq of a display that goes here
 
-    def __init__(self, fd: int, sentinel: bytes) -> None:
+
+class _Stream:
+    """One output pipe: decode incrementally, find the in-band markers, yield text and displays."""
+
+    def __init__(self, fd: int, prefix: bytes) -> None:
         self.fd = fd
-        self.sentinel = sentinel
+        self.prefix = prefix
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = b""
-        self.seen_sentinel = False
+        self.seen_end = False
         self.eof = False
-        self.leftover = b""  # bytes that came after the sentinel: they belong to the next cell
+        self.leftover = b""  # bytes that came after END: they belong to the next cell
 
     def reset(self) -> bytes:
         """Start a new cell; returns output that arrived between cells."""
-        self.seen_sentinel = False
+        self.seen_end = False
         early, self.leftover = self.leftover, b""
         return early
 
-    def feed(self, data: bytes) -> str:
-        """Text to forward from data (held back only while it may be a split sentinel)."""
+    def _text(self, data: bytes) -> list[Item]:
+        text = self._decoder.decode(data, final=False)
+        return [text] if text else []
+
+    def feed(self, data: bytes) -> list[Item]:
+        """Text and display places in data; a partial marker at the end is held back."""
+        if self.seen_end:
+            self.leftover += data
+            return []
         data = self._held + data
         self._held = b""
-        at = data.find(self.sentinel)
-        if at >= 0:
-            self.seen_sentinel = True
-            self.leftover += data[at + len(self.sentinel):]
-            return self._decoder.decode(data[:at], final=False)
-        # Hold back the longest tail that could be the start of a sentinel.
-        for keep in range(min(len(self.sentinel) - 1, len(data)), 0, -1):
-            if self.sentinel.startswith(data[-keep:]):
+        items: list[Item] = []
+        while True:
+            at = data.find(self.prefix)
+            if at < 0:
+                break
+            close = data.find(b"\x00", at + len(self.prefix))
+            if close < 0:
+                items += self._text(data[:at])
+                self._held = data[at:]
+                return items
+            items += self._text(data[:at])
+            tag = data[at + len(self.prefix):close]
+            data = data[close + 1:]
+            if tag == b"END":
+                self.seen_end = True
+                self.leftover += data
+                return items
+            if tag.startswith(b"D") and tag[1:].isdigit():
+                items.append(int(tag[1:]))
+        # Hold back the longest tail that could be the start of a marker.
+        for keep in range(min(len(self.prefix) - 1, len(data)), 0, -1):
+            if self.prefix.startswith(data[-keep:]):
                 self._held = data[-keep:]
                 data = data[:-keep]
                 break
-        return self._decoder.decode(data, final=False)
+        return items + self._text(data)
 
     def flush(self) -> str:
         """Whatever is held back, at the end of output."""
@@ -84,7 +108,7 @@ class Worker:
 
     def __init__(self, forkserver: ForkServer, options: dict[str, Any]) -> None:
         self.forkserver = forkserver
-        self.sentinel = b"\x00\x1bKS-END-" + secrets.token_hex(8).encode() + b"\x00"
+        self.prefix = b"\x00\x1bKS-" + secrets.token_hex(8).encode() + b"-"
         ctl, ctl_child = socket.socketpair()
         query, query_child = socket.socketpair()
         out_r, out_w = os.pipe()
@@ -98,7 +122,7 @@ class Worker:
                 pass
         child_fds = [ctl_child.fileno(), query_child.fileno(), out_w, err_w]
         try:
-            self.pid = forkserver.spawn(child_fds, self.sentinel, options)
+            self.pid = forkserver.spawn(child_fds, self.prefix, options)
         except ForkServerError:
             for sock in (ctl, query):
                 sock.close()
@@ -114,8 +138,8 @@ class Worker:
         self.query = query
         self.query.settimeout(10.0)
         self.query_lock = threading.Lock()
-        self.stdout = _Stream(out_r, self.sentinel)
-        self.stderr = _Stream(err_r, self.sentinel)
+        self.stdout = _Stream(out_r, self.prefix)
+        self.stderr = _Stream(err_r, self.prefix)
         self.reader = protocol.FrameReader()
         self.expected_exit: str | None = None  # why we are stopping it, when we are
         self._closed = False
@@ -335,127 +359,62 @@ class ProcessKernel:
 
     def _run(self, worker: Worker, code: str, execution_count: int, sink: OutputSink,
              timeout: float | None) -> KernelOutcome:
-        for stream, write in ((worker.stdout, sink.write_stdout), (worker.stderr, sink.write_stderr)):
-            early = stream.reset()
-            if early:
-                write(stream.feed(early))
+        io = _CellIO(worker, sink)
         try:
-            worker.ctl.sendall(protocol.encode(
-                {"op": "execute", "code": code, "execution_count": execution_count}))
-        except OSError:
-            return self._died(worker, sink, timed_out=False)
-
-        selector = selectors.DefaultSelector()
-        selector.register(worker.stdout.fd, selectors.EVENT_READ, (worker.stdout, sink.write_stdout))
-        selector.register(worker.stderr.fd, selectors.EVENT_READ, (worker.stderr, sink.write_stderr))
-        selector.register(worker.ctl, selectors.EVENT_READ, None)
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        kill_at: float | None = None
-        timed_out = False
-        reply: dict[str, Any] | None = None
-        drain_until: float | None = None
-        try:
+            for stream in (worker.stdout, worker.stderr):
+                early = stream.reset()
+                if early:
+                    io.emit(stream, stream.feed(early))
+            try:
+                worker.ctl.sendall(protocol.encode(
+                    {"op": "execute", "code": code, "execution_count": execution_count}))
+            except OSError:
+                return self._died(worker, io, timed_out=False)
+            deadline = time.monotonic() + timeout if timeout is not None else None
+            kill_at: float | None = None
+            drain_until: float | None = None
+            timed_out = False
             while True:
                 now = time.monotonic()
-                if reply is not None:
-                    if worker.stdout.seen_sentinel and worker.stderr.seen_sentinel:
+                if io.reply is not None:
+                    if worker.stdout.seen_end and worker.stderr.seen_end:
                         break
-                    if drain_until is not None and now >= drain_until:
+                    if drain_until is None:
+                        drain_until = now + DRAIN_AFTER_RESULT
+                    elif now >= drain_until:
                         break
                 if deadline is not None and not timed_out and now >= deadline:
                     timed_out = True
                     worker.signal(signal.SIGINT)
                     kill_at = now + self.interrupt_grace
-                if kill_at is not None and reply is None and now >= kill_at:
+                if kill_at is not None and io.reply is None and now >= kill_at:
                     worker.kill()
-                    return self._died(worker, sink, timed_out=True, timeout=timeout)
-                wake = [t for t in (deadline if not timed_out else None, kill_at, drain_until)
+                    return self._died(worker, io, timed_out=True, timeout=timeout)
+                wake = [t for t in (None if timed_out else deadline, kill_at, drain_until)
                         if t is not None]
                 # Wake at least every 0.5 s to notice a worker that died while a grandchild
                 # still holds its sockets open.
-                wait = min([0.5] + [max(t - now, 0.0) for t in wake])
-                for key, _ in selector.select(wait):
-                    if key.data is None:
-                        try:
-                            data = worker.ctl.recv(READ_SIZE)
-                        except OSError:
-                            data = b""
-                        if not data:
-                            return self._died(worker, sink, timed_out, timeout)
-                        for message in worker.reader.feed(data):
-                            if message["op"] == "display":
-                                self._drain_ready(worker, sink)
-                                sink.add_display(message["data"])
-                            elif message["op"] == "result":
-                                reply = message
-                                drain_until = time.monotonic() + DRAIN_AFTER_RESULT
-                        continue
-                    stream, write = key.data
-                    try:
-                        data = os.read(stream.fd, READ_SIZE)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        stream.eof = True
-                        selector.unregister(stream.fd)
-                        continue
-                    text = stream.feed(data)
-                    if text:
-                        write(text)
-                if reply is None and not worker.is_alive():
-                    return self._died(worker, sink, timed_out, timeout)
+                io.pump(min([0.5] + [max(t - now, 0.0) for t in wake]))
+                if io.closed or (io.reply is None and not worker.is_alive()):
+                    return self._died(worker, io, timed_out, timeout)
+            io.flush_displays()
         finally:
-            selector.close()
-        assert reply is not None
+            io.close()
+        reply = io.reply
         error = ErrorInfo.from_dict(reply["error"]) if reply.get("error") else None
         if timed_out and reply["status"] in ("interrupted", "ok"):
             return KernelOutcome("timeout", error=timeout_error(timeout, error))
         return KernelOutcome(reply["status"], reply.get("result"), error)
 
-    def _drain_ready(self, worker: Worker, sink: OutputSink) -> None:
-        """Forward pipe output already waiting, so it precedes a display sent after it."""
-        for stream, write in ((worker.stdout, sink.write_stdout), (worker.stderr, sink.write_stderr)):
-            if stream.eof:
-                continue
-            ready = selectors.DefaultSelector()
-            ready.register(stream.fd, selectors.EVENT_READ)
-            try:
-                while ready.select(0):
-                    data = os.read(stream.fd, READ_SIZE)
-                    if not data:
-                        stream.eof = True
-                        break
-                    write(stream.feed(data))
-            finally:
-                ready.close()
-
-    def _died(self, worker: Worker, sink: OutputSink, timed_out: bool,
+    def _died(self, worker: Worker, io: _CellIO, timed_out: bool,
               timeout: float | None = None) -> KernelOutcome:
         """The worker is gone mid-cell: collect its last output, report, and replace it."""
         status = worker.wait(2.0)
         if status is None:
             worker.kill()
             status = worker.status
-        # Read what it printed before dying; bounded, as a grandchild may hold the pipes.
-        end = time.monotonic() + DRAIN_AFTER_DEATH
-        streams = [(worker.stdout, sink.write_stdout), (worker.stderr, sink.write_stderr)]
-        selector = selectors.DefaultSelector()
-        for stream, write in streams:
-            if not stream.eof:
-                selector.register(stream.fd, selectors.EVENT_READ, (stream, write))
-        try:
-            while selector.get_map() and time.monotonic() < end:
-                for key, _ in selector.select(max(end - time.monotonic(), 0)):
-                    stream, write = key.data
-                    data = os.read(stream.fd, READ_SIZE)
-                    if not data:
-                        stream.eof = True
-                        selector.unregister(stream.fd)
-                        write(stream.flush())
-                    else:
-                        write(stream.feed(data))
-        finally:
-            selector.close()
+        io.drain_to_eof(DRAIN_AFTER_DEATH)
+        io.flush_displays()
         why = worker.expected_exit
         if why is None:
             self._replace_dead(worker)
@@ -470,6 +429,102 @@ class ProcessKernel:
             "WorkerDied",
             f"the worker process {describe_status(status)} while running the cell; the "
             "namespace was restarted empty", ""), restarted=True)
+
+
+class _CellIO:
+    """The server's side of one running cell: reads the pipes and the control socket, and puts
+    text and displays into the sink in the order the cell produced them."""
+
+    def __init__(self, worker: Worker, sink: OutputSink) -> None:
+        self.worker = worker
+        self.sink = sink
+        self.writers = {worker.stdout.fd: sink.write_stdout, worker.stderr.fd: sink.write_stderr}
+        self.displays: dict[int, dict[str, Any]] = {}
+        self.reply: dict[str, Any] | None = None
+        self.closed = False  # the control socket reached EOF: the worker is gone
+        self.selector = selectors.DefaultSelector()
+        for stream in (worker.stdout, worker.stderr):
+            if not stream.eof:
+                self.selector.register(stream.fd, selectors.EVENT_READ, stream)
+        self.selector.register(worker.ctl, selectors.EVENT_READ, None)
+
+    def emit(self, stream: _Stream, items: list[Item]) -> None:
+        """Forward text, and each display at its marker."""
+        write = self.writers[stream.fd]
+        for item in items:
+            if isinstance(item, str):
+                write(item)
+                continue
+            bundle = self._display(item)
+            if bundle is not None:
+                self.sink.add_display(bundle)
+
+    def _display(self, seq: int) -> dict[str, Any] | None:
+        # The worker sends a display's bundle before writing its marker: it is on its way.
+        deadline = time.monotonic() + 5.0
+        while seq not in self.displays and not self.closed and time.monotonic() < deadline:
+            ready = selectors.DefaultSelector()
+            ready.register(self.worker.ctl, selectors.EVENT_READ)
+            try:
+                if ready.select(max(deadline - time.monotonic(), 0)):
+                    self._read_ctl()
+            finally:
+                ready.close()
+        return self.displays.pop(seq, None)
+
+    def _read_ctl(self) -> None:
+        try:
+            data = self.worker.ctl.recv(READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            if self.worker.ctl.fileno() in self.selector.get_map():
+                self.selector.unregister(self.worker.ctl)
+            return
+        for message in self.worker.reader.feed(data):
+            if message["op"] == "display":
+                self.displays[int(message["seq"])] = message["data"]
+            elif message["op"] == "result":
+                self.reply = message
+
+    def _read_pipe(self, stream: _Stream) -> None:
+        try:
+            data = os.read(stream.fd, READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            stream.eof = True
+            self.selector.unregister(stream.fd)
+            self.writers[stream.fd](stream.flush())
+            return
+        self.emit(stream, stream.feed(data))
+
+    def pump(self, timeout: float) -> None:
+        """Handle whatever becomes readable within timeout seconds."""
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                self._read_ctl()
+            else:
+                self._read_pipe(key.data)
+
+    def drain_to_eof(self, limit: float) -> None:
+        """Read the pipes until EOF, for at most limit seconds (a grandchild may hold them)."""
+        end = time.monotonic() + limit
+        if self.worker.ctl.fileno() in self.selector.get_map():
+            self.selector.unregister(self.worker.ctl)
+        while self.selector.get_map() and time.monotonic() < end:
+            for key, _ in self.selector.select(max(end - time.monotonic(), 0)):
+                self._read_pipe(key.data)
+
+    def flush_displays(self) -> None:
+        """Displays whose marker never came (the cell redirected fd 1): at the end, in order."""
+        for seq in sorted(self.displays):
+            self.sink.add_display(self.displays.pop(seq))
+
+    def close(self) -> None:
+        """Release the selector."""
+        self.selector.close()
 
 
 class ProcessBackend:

@@ -15,6 +15,15 @@ _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30
 
 
+def marker(prefix: bytes, tag: bytes) -> bytes:
+    """An in-band marker written into an output pipe: prefix, tag, NUL.
+
+    The prefix is random per worker, so printed text never forges one. Tags: END (all of a
+    cell's output precedes this) and D<seq> (display number seq goes here, between the text).
+    """
+    return prefix + tag + b"\x00"
+
+
 class ChannelClosed(EOFError):
     """The other end of the channel went away."""
 

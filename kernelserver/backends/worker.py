@@ -87,9 +87,11 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
             os._exit(0)
 
 
-def main(ctl: socket.socket, query: socket.socket, sentinel: bytes, options: dict[str, Any]) -> int:
+def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[str, Any]) -> int:
     """Serve cells until told to stop or the server goes away; returns the exit code."""
     _make_streams()
+    # Non-interactive plots: figures come back as PNG displays, plt.show() never blocks.
+    os.environ["MPLBACKEND"] = "module://kernelserver.mpl_backend"
     # A segfault then leaves the Python stack of the crash in the cell's stderr.
     faulthandler.enable(file=sys.stderr, all_threads=False)
     main_module = types.ModuleType("__main__")
@@ -98,11 +100,16 @@ def main(ctl: socket.socket, query: socket.socket, sentinel: bytes, options: dic
     sys.modules["__main__"] = main_module
     sys.argv = [""]
     send_lock = threading.Lock()
+    display_seq = 0
 
     def on_display(bundle: dict[str, Any]) -> None:
-        _flush_all()  # text printed before the display goes out first
+        nonlocal display_seq
+        _flush_all()  # text printed before the display goes into the pipe first
+        display_seq += 1
         with send_lock:
-            protocol.send(ctl, {"op": "display", "data": bundle})
+            protocol.send(ctl, {"op": "display", "seq": display_seq, "data": bundle})
+        # Its place among the printed text: the server emits the display when it reads this.
+        os.write(1, protocol.marker(prefix, b"D%d" % display_seq))
 
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
                         on_display=on_display)
@@ -130,9 +137,9 @@ def main(ctl: socket.socket, query: socket.socket, sentinel: bytes, options: dic
         except KeyboardInterrupt:
             interruptible.running = False
         _flush_all()
-        # The sentinels tell the server it has read all of this cell's output from both pipes.
-        os.write(1, sentinel)
-        os.write(2, sentinel)
+        # The END markers tell the server it has read all of this cell's output from both pipes.
+        os.write(1, protocol.marker(prefix, b"END"))
+        os.write(2, protocol.marker(prefix, b"END"))
         if outcome is None:
             reply = {"op": "result", "status": "interrupted", "result": None,
                      "error": {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}}
