@@ -285,15 +285,17 @@ def _wait_answer(execution: Any, wait: float | None) -> Response:
     return _json(snapshot.to_dict(), 200 if snapshot.finished else 202)
 
 
-def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any,
+def _stream(execution: Execution, cancel_on_disconnect: bool, namespace: Any,
             replay: bool = False) -> Response:
     keepalive = _state().config["stream_keepalive"]
     sock = request.environ.get("gunicorn.socket")
+    # Subscribed here, not when the body starts: nothing printed in between may be missed.
+    subscription = execution.subscribe(replay)
 
     def generate() -> Iterator[bytes]:
         finished = False
         try:
-            for event in execution.events(keepalive, replay=replay, gone=lambda: client_gone(sock)):
+            for event in subscription.events(keepalive, gone=lambda: client_gone(sock)):
                 finished = event["event"] == "result"
                 yield dumps(event)
         finally:
@@ -302,6 +304,8 @@ def _stream(execution: Any, cancel_on_disconnect: bool, namespace: Any,
                 namespace.interrupt()
 
     response = Response(stream_with_context(generate()), mimetype="application/x-ndjson")
+    # A body that is never iterated (client gone at once) still releases its subscription.
+    response.call_on_close(subscription.close)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     _set_nodelay()

@@ -226,53 +226,78 @@ class Execution:
                 code=self.code,
             )
 
-    def events(self, keepalive: float, replay: bool = False, poll: float = 0.25,
-               gone: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
-        """Every event from now on, ending with the result; a keepalive after each silent interval.
+    def subscribe(self, replay: bool = False) -> Subscription:
+        """Start receiving this execution's events now (before the caller starts reading them).
 
-        With replay, the output kept so far comes first (one event per stream and display), so a
-        client reattaching to a running execution misses nothing that is still kept. The events
-        stop early once gone() says the client has disconnected.
+        With replay, the output kept so far comes first, so a client reattaching to a running
+        execution misses nothing that is still kept.
         """
         listener: queue.Queue[dict[str, Any]] = queue.Queue(LISTENER_QUEUE_EVENTS)
         backlog: list[dict[str, Any]] = []
         with self._cond:
-            if replay and not self.finished:
+            if self.finished:
+                return Subscription(self, None, [{"event": "result", **self.snapshot().to_dict()}])
+            if replay:
                 for name, buffer in (("stdout", self.stdout), ("stderr", self.stderr)):
                     text = buffer.getvalue()
                     if text:
                         backlog.append({"event": name, "text": text})
                 backlog.extend({"event": "display", "data": d} for d in self.displays)
-            if self.finished:
-                backlog = [{"event": "result", **self.snapshot().to_dict()}]
-            else:
-                self._listeners.append(listener)
-        yield from backlog
-        if backlog and backlog[-1]["event"] == "result":
-            return
+            self._listeners.append(listener)
+        return Subscription(self, listener, backlog)
+
+    def unsubscribe(self, listener: queue.Queue[dict[str, Any]]) -> None:
+        """Stop sending events to listener."""
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+
+class Subscription:
+    """One client's feed of an execution's events; close() it when the client is done."""
+
+    def __init__(self, execution: Execution, listener: queue.Queue[dict[str, Any]] | None,
+                 backlog: list[dict[str, Any]]) -> None:
+        self.execution = execution
+        self._listener = listener
+        self._backlog = backlog
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        if self._listener is not None:
+            self.execution.unsubscribe(self._listener)
+
+    def events(self, keepalive: float, poll: float = 0.25,
+               gone: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
+        """The events, ending with the result; a keepalive after each silent interval.
+
+        Stops early once gone() says the client has disconnected.
+        """
         try:
+            yield from self._backlog
+            if self._listener is None:
+                return
+            execution = self.execution
             silent_since = time.monotonic()
             while True:
                 try:
-                    event = listener.get(timeout=poll)
+                    event = self._listener.get(timeout=poll)
                 except queue.Empty:
                     if gone():
                         return
                     if time.monotonic() - silent_since >= keepalive:
                         silent_since = time.monotonic()
-                        yield {"event": "keepalive", "status": self.status}
+                        yield {"event": "keepalive", "status": execution.status}
                     continue
                 silent_since = time.monotonic()
                 if event["event"] == "lagging":
                     # This client stalled; the cell goes on, and its result stays fetchable.
                     yield {"event": "error", "code": "stream_lagging",
-                           "message": "the client read too slowly and the stream was cut; fetch "
-                           f"the result with GET /env/execution?id={self.id}&n={self.execution_count}"}
+                           "message": "the client read too slowly and the stream was cut; fetch the "
+                           f"result with GET /env/execution?id={execution.id}&n={execution.execution_count}"}
                     return
                 yield event
                 if event["event"] == "result":
                     return
         finally:
-            with self._cond:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+            self.close()

@@ -286,3 +286,13 @@ def test_corrupt_history_is_a_clear_message(tmp_path: Path) -> None:
     assert "cannot use the history database" in done.stderr
     assert "move a corrupt file away" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_stream_misses_nothing_printed_before_the_client_reads(make_app: Callable[..., Flask]) -> None:
+    api = ApiClient(make_app(backend="process").test_client())
+    response = api.post("/execute", json={"code": "print('early', flush=True)\nimport time\n"
+                                                  "time.sleep(0.6)\nprint('late')", "stream": True})
+    time.sleep(0.3)  # the cell has printed 'early' before the body is read
+    events = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+    streamed = "".join(e["text"] for e in events if e["event"] == "stdout")
+    assert streamed == "early\nlate\n"

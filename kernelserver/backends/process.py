@@ -114,6 +114,7 @@ class Worker:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         for fd in (out_r, err_r):
+            os.set_blocking(fd, False)  # only our read ends; the worker's write ends stay blocking
             try:
                 import fcntl
 
@@ -473,8 +474,11 @@ class _CellIO:
         return self.displays.pop(seq, None)
 
     def _read_ctl(self) -> None:
+        # Never block: readiness seen by pump() may be stale once _display() has read the socket.
         try:
-            data = self.worker.ctl.recv(READ_SIZE)
+            data = self.worker.ctl.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
@@ -491,6 +495,8 @@ class _CellIO:
     def _read_pipe(self, stream: _Stream) -> None:
         try:
             data = os.read(stream.fd, READ_SIZE)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
