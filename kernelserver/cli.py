@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
@@ -212,6 +214,113 @@ def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None,
         error = final["error"]
         err(error.get("traceback") or f"{error['ename']}: {error['evalue']}\n")
     sys.exit(0 if final.get("status") == "ok" else 1)
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One line of `kernelserver check`'s report."""
+
+    check: str
+    ok: bool
+    found: str
+
+
+def _requirement_row(spec: str, packages: dict[str, str]) -> CheckRow:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        requirement = Requirement(spec)
+    except InvalidRequirement as exc:
+        fail(f"bad --require {spec!r}: {exc}")
+        raise  # unreachable: fail() exits
+    installed = {canonicalize_name(name): version for name, version in packages.items()}
+    version = installed.get(canonicalize_name(requirement.name))
+    if version is None:
+        return CheckRow(spec, False, "not installed")
+    if requirement.specifier:
+        try:
+            satisfied = requirement.specifier.contains(Version(version), prereleases=True)
+        except InvalidVersion:
+            satisfied = False
+        if not satisfied:
+            return CheckRow(spec, False, f"{version} does not satisfy {requirement.specifier}")
+    return CheckRow(spec, True, version)
+
+
+def _gpu_row(probe: dict[str, Any]) -> CheckRow:
+    gpus = probe.get("gpus", {})
+    names = []
+    for source in ("torch", "jax", "nvidia_smi"):
+        devices = gpus.get(source, {}).get("devices", [])
+        if devices:
+            names = [f"{d.get('name')}" for d in devices]
+            return CheckRow("gpu", True, f"{len(devices)} via {source}: {', '.join(names)}")
+    torch = gpus.get("torch", {})
+    why = "no GPU seen by torch, jax or nvidia-smi"
+    if torch.get("error"):
+        why += f" (torch: {torch['error']})"
+    return CheckRow("gpu", False, why)
+
+
+def _code_row(client: Any, code: str) -> CheckRow:
+    import secrets as _secrets
+
+    namespace = client.namespace(f"check-{_secrets.token_hex(4)}")
+    try:
+        result = namespace.run(code, timeout=300)
+    finally:
+        namespace.delete()
+    if result.status == "ok":
+        shown = (result.result or {}).get("text/plain") or result.stdout.strip()[-80:] or "ran"
+        return CheckRow("code", True, shown)
+    error = result.error
+    return CheckRow("code", False, f"{error.ename}: {error.evalue}" if error else result.status)
+
+
+@cli.command()
+@url_option
+@token_option
+@click.option("--require", "requirements", multiple=True, metavar="PKG[SPEC]",
+              help="A package that must be installed, e.g. 'torch>=2.1' (repeatable).")
+@click.option("--gpu", is_flag=True, help="Require at least one GPU (torch, jax or nvidia-smi).")
+@click.option("--code", default=None, help="Code that must run without error.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def check(url: str, token: str | None, requirements: tuple[str, ...], gpu: bool, code: str | None,
+          as_json: bool) -> None:
+    """Probe the server's environment for CI; exit 1 if a requirement fails."""
+    rows: list[CheckRow] = []
+    try:
+        with _client(url, token) as client:
+            info = client.info()
+            probe = info.get("probe", {})
+            if "error" in probe:
+                rows.append(CheckRow("probe", False, str(probe["error"])))
+                probe = {}
+            rows.append(CheckRow("server", True, f"kernelserver {info.get('version')} "
+                                 f"({info.get('backend')} backend) at {url}"))
+            if probe:
+                py = probe.get("python", {})
+                rows.append(CheckRow("python", True, f"{py.get('version')} ({py.get('executable')})"))
+            rows += [_requirement_row(spec, probe.get("packages", {})) for spec in requirements]
+            if gpu:
+                rows.append(_gpu_row(probe))
+            if code is not None:
+                rows.append(_code_row(client, code))
+    except KernelServerError as exc:
+        fail(str(exc))
+    ok = all(row.ok for row in rows)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "url": url, "checks": [asdict(r) for r in rows],
+                               "probe": probe}, indent=2))
+    else:
+        width = max(len(row.check) for row in rows)
+        for row in rows:
+            click.echo(f"{row.check:<{width}}  {'ok  ' if row.ok else 'FAIL'}  {row.found}")
+        failed = sum(not row.ok for row in rows)
+        click.echo("all checks passed" if ok else f"{failed} check(s) failed")
+    sys.exit(0 if ok else 1)
 
 
 def main() -> None:

@@ -24,9 +24,11 @@ class Client:
     """A connection to one kernelserver; a context manager over a requests.Session."""
 
     def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, verify: bool | str = True) -> None:
+                 timeout: float | None = None, verify: bool | str = True) -> None:
         self.url = (url or os.environ.get("KERNELSERVER_URL") or DEFAULT_URL).rstrip("/")
         token = token if token is not None else os.environ.get("KERNELSERVER_TOKEN")
+        if timeout is None:
+            timeout = float(os.environ.get("KERNELSERVER_CLIENT_TIMEOUT") or DEFAULT_TIMEOUT)
         self.timeout = timeout
         self.session = requests.Session()
         self.session.verify = verify
@@ -77,7 +79,7 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         """GET /info: version, backend, limits, environment probe."""
-        return self._json("GET", "/info", timeout=max(self.timeout, 60.0))
+        return self._json("GET", "/info")
 
     def namespaces(self) -> list[dict[str, Any]]:
         """Every namespace's info."""

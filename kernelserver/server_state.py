@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,8 +13,11 @@ from .backends import make_kernel_factory
 from .errors import ExecutionNotFound, NamespaceNotFound
 from .execution import Execution
 from .history import History, HistoryError
+from .probe import PROBE_CODE, parse_probe_output
 from .registry import Registry, validate_id
 from .results import ExecutionResult
+
+PROBE_TTL = 30.0
 
 
 class ServerLockError(RuntimeError):
@@ -45,6 +49,8 @@ class ServerState:
         self.registry = Registry(config, self.backend, self.history)
         self._closed = False
         self._close_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._probe_cache: tuple[float, dict[str, Any]] | None = None
 
     @staticmethod
     def _take_lock(data_dir: Path) -> IO[str]:
@@ -110,14 +116,37 @@ class ServerState:
                 "repr_limit_bytes", "interrupt_grace")
         return {key: self.config[key] for key in keys}
 
+    def probe(self) -> dict[str, Any]:
+        """The environment probe, run in a fresh worker, cached for PROBE_TTL seconds."""
+        with self._probe_lock:
+            cached = self._probe_cache
+            if cached is not None and time.monotonic() - cached[0] < PROBE_TTL:
+                return cached[1]
+            kernel = self.backend("probe")
+            try:
+                sink = Execution("probe", 0, PROBE_CODE, 1 << 24)
+                sink.start()
+                outcome = kernel.execute(PROBE_CODE, 0, sink, 120.0)
+            finally:
+                kernel.close()
+            output = sink.stdout.getvalue()
+            found = parse_probe_output(output)
+            if found is None:
+                detail = outcome.error.evalue if outcome.error else output[-300:]
+                found = {"error": f"the probe failed: {detail}"}
+            else:
+                self._probe_cache = (time.monotonic(), found)
+            return found
+
     def info(self) -> dict[str, Any]:
-        """Server version, backend and limits for /info."""
+        """Server version, backend, limits and the environment probe for /info."""
         return {
             "version": self.version,
             "backend": self.config["backend"],
             "auth": self.token is not None,
             "limits": self.limits(),
             "namespaces": len(self.registry.ids()),
+            "probe": self.probe(),
         }
 
     def close(self) -> None:
