@@ -31,7 +31,8 @@ class Client:
             timeout = float(os.environ.get("KERNELSERVER_CLIENT_TIMEOUT") or DEFAULT_TIMEOUT)
         self.timeout = timeout
         self.session = requests.Session()
-        self.session.verify = verify
+        # Passed with each request: requests lets REQUESTS_CA_BUNDLE override session.verify.
+        self.verify = verify
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -54,6 +55,7 @@ class Client:
             response = self.session.request(
                 method, self.url + path, json=json_body, params=params,
                 timeout=timeout if timeout is not None else self.timeout, stream=stream,
+                verify=self.verify,
             )
         except requests.exceptions.Timeout as exc:
             raise ConnectionFailed(f"no answer from {self.url} in time: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kernelserver.config import SETTINGS, load_config, settings_markdown
@@ -32,3 +33,48 @@ def test_every_setting_has_help_and_an_env_variable_that_works() -> None:
 def test_overrides_beat_environment() -> None:
     config = load_config({"port": 6000}, environ={"KERNELSERVER_PORT": "7000"})
     assert config["port"] == 6000
+
+
+def test_settings_reference_is_rendered_from_the_table() -> None:
+    text = (ROOT / "docs" / "settings.md").read_text()
+    assert text.endswith(settings_markdown())
+    for setting in SETTINGS:
+        assert f"`{setting.name}`" in text and f"`{setting.env}`" in text
+
+
+def _app_routes() -> set[tuple[str, str]]:
+    import tempfile
+
+    from kernelserver import create_app
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = create_app({"backend": "inprocess", "token": "t", "data_dir": data_dir})
+        try:
+            return {(method, rule.rule) for rule in app.url_map.iter_rules()
+                    if rule.endpoint != "static"
+                    for method in rule.methods or () if method not in ("HEAD", "OPTIONS")}
+        finally:
+            app.extensions["kernelserver"].close()
+
+
+def test_postman_collection_covers_every_route_with_a_token_variable() -> None:
+    collection = json.loads((ROOT / "docs" / "postman_collection.json").read_text())
+    assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
+    assert collection["auth"] == {"type": "bearer", "bearer": [
+        {"key": "token", "value": "{{token}}", "type": "string"}]}
+    assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "token"}
+    covered = set()
+    for item in collection["item"]:
+        request = item["request"]
+        path = "/" + "/".join(request["url"]["path"])
+        covered.add((request["method"], path))
+        assert request["url"]["raw"].startswith("{{baseUrl}}/" if path != "/" else "{{baseUrl}}")
+        if "body" in request:
+            json.loads(request["body"]["raw"])
+    assert covered >= _app_routes(), sorted(_app_routes() - covered)
+
+
+def test_readme_and_docs_name_every_route() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for method, path in _app_routes():
+        assert f"`{method} {path}`" in readme or f"`{path}`" in readme, path
