@@ -140,21 +140,20 @@ class Execution:
                         self._listeners.remove(listener)
                 _force_put(listener, {"event": "lagging"})
 
-    def write_stdout(self, text: str) -> None:
-        """Record and broadcast stdout text."""
+    def _write(self, stream: str, buffer: OutputBuffer, text: str) -> None:
         with self._cond:
-            self.stdout.write(text)
+            buffer.write(text)
             listeners = list(self._listeners)
         if listeners:
-            self._emit(listeners, {"event": "stdout", "text": text})
+            self._emit(listeners, {"event": stream, "text": text})
+
+    def write_stdout(self, text: str) -> None:
+        """Record and broadcast stdout text."""
+        self._write("stdout", self.stdout, text)
 
     def write_stderr(self, text: str) -> None:
         """Record and broadcast stderr text."""
-        with self._cond:
-            self.stderr.write(text)
-            listeners = list(self._listeners)
-        if listeners:
-            self._emit(listeners, {"event": "stderr", "text": text})
+        self._write("stderr", self.stderr, text)
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         """Record and broadcast a display."""
