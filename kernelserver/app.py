@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import select
 import socket
@@ -424,6 +425,9 @@ def _handle_unexpected(exc: Exception) -> Response:
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The kernelserver Flask app; config overrides defaults and KERNELSERVER_* variables."""
     settings = load_config(config)
+    # Read once, then gone: code run by the inprocess backend shares this environment, and
+    # subprocesses would inherit it.
+    os.environ.pop("KERNELSERVER_TOKEN", None)
     if settings["no_auth"] and not is_loopback(settings["host"]):
         raise ValueError("--no-auth is refused unless the server is bound to a loopback address")
     if settings["token"] is None and not settings["no_auth"]:

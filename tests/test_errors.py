@@ -168,3 +168,14 @@ def test_error_classes_map_codes_both_ways() -> None:
     assert error_class("", 599) is KernelServerError
     assert issubclass(NamespaceNotFound, LookupError)
     assert issubclass(BadRequest, ValueError)
+
+
+def test_token_leaves_the_environment_of_an_inprocess_server(make_app: Callable[..., Flask],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNELSERVER_TOKEN", "from-the-environment")
+    app = make_app(backend="inprocess", token=None)
+    assert app.extensions["kernelserver"].token == "from-the-environment"
+    client = app.test_client()
+    data = client.post("/execute", json={"code": "import os\nos.environ.get('KERNELSERVER_TOKEN')"},
+                       headers={"Authorization": "Bearer from-the-environment"}).get_json()
+    assert data["result"] == {"text/plain": "None"}
