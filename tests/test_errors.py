@@ -176,6 +176,6 @@ def test_token_leaves_the_environment_of_an_inprocess_server(make_app: Callable[
     app = make_app(backend="inprocess", token=None)
     assert app.extensions["kernelserver"].token == "from-the-environment"
     client = app.test_client()
-    data = client.post("/execute", json={"code": "import os\nos.environ.get('KERNELSERVER_TOKEN')"},
+    data = client.post("/execute", json={"code": "import os\n'KERNELSERVER_TOKEN' in os.environ"},
                        headers={"Authorization": "Bearer from-the-environment"}).get_json()
-    assert data["result"] == {"text/plain": "None"}
+    assert data["result"] == {"text/plain": "False"}
