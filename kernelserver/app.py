@@ -15,6 +15,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
@@ -184,9 +185,12 @@ def field_int(data: Mapping[str, Any], name: str, default: int | None = None) ->
     if isinstance(value, bool):
         raise BadRequest(f"field {name!r} must be an integer")
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise BadRequest(f"field {name!r} must be an integer, not {value!r}") from None
+    if not -(2**63) <= number < 2**63:  # SQLite's integers are 64-bit
+        raise BadRequest(f"field {name!r} is out of range")
+    return number
 
 
 def field_bool(data: Mapping[str, Any], name: str) -> bool:
@@ -376,6 +380,13 @@ def env_history() -> Response:
     if limit < 1:
         raise BadRequest("field 'limit' must be at least 1")
     return _json({"id": namespace_id, "executions": _state().history_of(namespace_id, limit)})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    # Hand-written and shipped in the package; tests validate real answers against it.
+    return Response(files("kernelserver").joinpath("openapi.json").read_bytes(),
+                    mimetype="application/json")
 
 
 @bp.get("/info")

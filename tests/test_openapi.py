@@ -1,0 +1,120 @@
+"""The hand-written OpenAPI document: served, complete, true to the real answers, fuzzed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from flask import Flask
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from conftest import AUTH, start_server
+
+SPEC: dict[str, Any] = json.loads(files("kernelserver").joinpath("openapi.json").read_text())
+REGISTRY = Registry().with_resource("urn:spec", Resource.from_contents(SPEC, DRAFT202012))
+
+
+def check(response: Any, path: str, method: str) -> None:
+    """Validate one real answer against the document's schema for its status."""
+    status = str(response.status_code)
+    operation = SPEC["paths"][path][method.lower()]
+    assert status in operation["responses"], f"{method} {path} answered undocumented {status}"
+    content = operation["responses"][status].get("content", {})
+    if response.mimetype == "application/x-ndjson":
+        assert "application/x-ndjson" in content
+        return
+    schema = content["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = {"$ref": "urn:spec" + schema["$ref"]}
+    validator = jsonschema.Draft202012Validator(schema, registry=REGISTRY)
+    errors = sorted(validator.iter_errors(response.get_json()), key=str)
+    assert not errors, f"{method} {path} {status}: {errors[0].message}"
+
+
+def test_document_is_served_without_a_token(make_app: Callable[..., Flask]) -> None:
+    client = make_app(backend="inprocess").test_client()
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.get_json()["openapi"] == "3.1.0"
+    jsonschema.Draft202012Validator.check_schema(SPEC["components"]["schemas"]["ExecutionResult"])
+
+
+def test_every_route_is_documented_and_nothing_else(make_app: Callable[..., Flask]) -> None:
+    app = make_app(backend="inprocess")
+    routes = {(m.lower(), r.rule) for r in app.url_map.iter_rules() if r.endpoint != "static"
+              for m in r.methods or () if m not in ("HEAD", "OPTIONS")}
+    documented = {(m, p) for p, ops in SPEC["paths"].items() for m in ops}
+    assert routes == documented
+
+
+def test_real_answers_match_the_document(make_app: Callable[..., Flask]) -> None:
+    client = make_app(backend="process", max_namespaces=3).test_client()
+
+    def call(method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("headers", AUTH)
+        response = client.open(path.split("?")[0] + ("?" + path.split("?")[1] if "?" in path else ""),
+                                method=method, **kwargs)
+        check(response, path.split("?")[0], method)
+        return response
+
+    call("GET", "/health")
+    call("GET", "/openapi.json")
+    call("GET", "/info")
+    assert call("POST", "/env/create", json={"id": "a"}).status_code == 201
+    assert call("POST", "/env/create", data={"id": "a"}).status_code == 200
+    call("POST", "/execute", json={"id": "a", "code": "import numpy as np\nx = np.ones((2, 2))\nx"})
+    call("POST", "/", json={"id": "a", "code": "display('d')\n1/0"})
+    call("POST", "/execute", json={"id": "a", "code": "import time; time.sleep(5)", "timeout": 0.2})
+    call("POST", "/execute", json={"id": "a", "code": "print('s')", "stream": True})
+    pending = call("POST", "/execute", json={"id": "a", "code": "import time; time.sleep(0.5)",
+                                             "wait": 0})
+    assert pending.status_code == 202
+    n = pending.get_json()["execution_count"]
+    call("GET", f"/env/execution?id=a&n={n}&wait=0")
+    call("GET", f"/env/execution?id=a&n={n}&wait=5")
+    call("POST", "/env/interrupt", json={"id": "a"})
+    call("POST", "/env/get", json={"id": "a"})
+    call("GET", "/env/list")
+    call("GET", "/env/history?id=a&limit=2")
+    call("POST", "/env/restart", json={"id": "a"})
+    call("POST", "/env/create", json={"id": "b"})
+    call("POST", "/env/create", json={"id": "c"})
+    assert call("POST", "/env/create", json={"id": "d"}).status_code == 429
+    call("POST", "/env/delete", json={"id": "a"})
+    # Errors
+    assert call("POST", "/env/get", json={"id": "a"}).status_code == 404
+    assert call("GET", "/env/execution?id=a&n=999").status_code == 404
+    assert call("GET", "/env/history?id=nobody").status_code == 404
+    assert call("POST", "/env/create", json={"id": "../x"}).status_code == 400
+    assert call("POST", "/execute", data=b"x", content_type="text/plain").status_code == 415
+    assert call("GET", "/env/list", headers={}).status_code == 401
+    assert call("GET", "/health", headers={"Host": "evil.example"}).status_code == 403
+    assert call("POST", "/env/create", json={"id": "x" * 20_000_000}).status_code == 413
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_no_schema_break(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
+             "-H", f"Authorization: Bearer {server.token}",
+             "--checks", "not_a_server_error,response_schema_conformance",
+             "--max-examples", "10", "--generation-deterministic", "--request-timeout", "30"],
+            capture_output=True, text=True, timeout=400, cwd=tmp_path,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "passed" in done.stdout
+    assert time.monotonic() - started < 400
