@@ -19,7 +19,7 @@ from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import __version__
 from .config import load_config
@@ -30,6 +30,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -130,6 +131,16 @@ def params() -> Mapping[str, Any]:
     """The request's fields, whichever way they were sent."""
     if request.method == "GET":
         return request.args
+    try:
+        return _body_params()
+    except (TimeoutError, ClientDisconnected):
+        # werkzeug reports a read that timed out as a disconnect.
+        raise RequestTimeout(
+            f"the request body stopped arriving for {_state().config['request_read_timeout']:g} s; "
+            "send it whole") from None
+
+
+def _body_params() -> Mapping[str, Any]:
     mimetype = request.mimetype
     if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form
@@ -400,6 +411,9 @@ def _error_response(exc: KernelServerError) -> Response:
     response = _json(exc.to_dict(), exc.status)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="kernelserver"'
+    if isinstance(exc, RequestTimeout):
+        # The rest of the body may never come: don't let the server wait to drain it.
+        response.headers["Connection"] = "close"
     return response
 
 

@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .config import load_config
 from .errors import KernelServerError
+from .gunicorn_worker import worker_class
 
 url_option = click.option("--url", envvar="KERNELSERVER_URL", default="http://127.0.0.1:5000",
                           show_default=True, help="Server URL [env KERNELSERVER_URL].")
@@ -58,7 +59,7 @@ def gunicorn_options(config: dict[str, Any], certfile: str | None, keyfile: str 
     options: dict[str, Any] = {
         "bind": f"{bind_host}:{config['port']}",
         "workers": 1,  # namespaces live in the worker's memory: exactly one
-        "worker_class": "gthread",
+        "worker_class": worker_class(config["request_read_timeout"]),
         "threads": config["threads"],
         "timeout": 0,  # a long cell is not a hung worker
         "graceful_timeout": 15,

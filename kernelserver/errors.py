@@ -79,6 +79,13 @@ class MethodNotAllowed(KernelServerError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(KernelServerError):
+    """The client stopped sending its request body."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(KernelServerError):
     """The request body is larger than max_body_bytes."""
 
