@@ -182,3 +182,18 @@ def test_token_leaves_the_environment_of_an_inprocess_server(make_app: Callable[
     data = client.post("/execute", json={"code": "import os\n'KERNELSERVER_TOKEN' in os.environ"},
                        headers={"Authorization": "Bearer from-the-environment"}).get_json()
     assert data["result"] == {"text/plain": "False"}
+
+
+def test_queue_limit_is_429(make_app: Callable[..., Flask]) -> None:
+    client = make_app(backend="process", max_queued=2).test_client()
+    client.post("/execute", json={"code": "import time\ntime.sleep(2)", "wait": 0}, headers=AUTH)
+    import time
+
+    time.sleep(0.2)  # the first is running, not queued
+    for _ in range(2):
+        queued = client.post("/execute", json={"code": "1", "wait": 0}, headers=AUTH)
+        assert queued.status_code == 202 and queued.get_json()["status"] == "queued"
+    error = assert_error(client.post("/execute", json={"code": "1", "wait": 0}, headers=AUTH), 429,
+                         "queue_full")
+    assert "2 executions queued" in error["message"]
+    client.post("/env/interrupt", json={"id": "default"}, headers=AUTH)
