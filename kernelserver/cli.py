@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,7 +42,7 @@ def _preflight(config: dict[str, Any]) -> None:
     from .server_state import ServerLockError, ServerState
 
     try:
-        lock = ServerState._take_lock(__import__("pathlib").Path(config["data_dir"]))
+        lock = ServerState._take_lock(Path(config["data_dir"]))
     except (HistoryError, ServerLockError) as exc:
         fail(str(exc))
     try:

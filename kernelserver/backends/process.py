@@ -542,7 +542,6 @@ class ProcessBackend:
         self.config = config
         self.options = {"repr_limit": config["repr_limit_bytes"]}
         self.forkserver = ForkServer()
-        self._lock = threading.Lock()
         self.forkserver.start()
 
     def __call__(self, namespace_id: str) -> ProcessKernel:
