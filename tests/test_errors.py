@@ -197,3 +197,12 @@ def test_queue_limit_is_429(make_app: Callable[..., Flask]) -> None:
                          "queue_full")
     assert "2 executions queued" in error["message"]
     client.post("/env/interrupt", json={"id": "default"}, headers=AUTH)
+
+
+def test_data_dir_and_history_are_private(make_app: Callable[..., Flask], tmp_path: Any) -> None:
+    import stat
+
+    data_dir = tmp_path / "private"
+    make_app(backend="inprocess", data_dir=str(data_dir))
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "history.sqlite3").stat().st_mode) == 0o600
