@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, request, stream_with_
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import __version__
-from .config import load_config
+from .config import host_without_port, is_loopback, load_config
 from .errors import (
     BadRequest,
     HostNotAllowed,
@@ -44,17 +43,6 @@ _HTTP_ERRORS: dict[int, type[KernelServerError]] = {
     400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
     415: UnsupportedMediaType,
 }
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost names and loopback addresses."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _state() -> ServerState:
@@ -223,9 +211,7 @@ def field_bool(data: Mapping[str, Any], name: str) -> bool:
 def _guard() -> None:
     state = _state()
     if state.check_host:
-        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-        if request.host.startswith("["):
-            host = request.host.split("]")[0] + "]"
+        host = host_without_port(request.host)
         if not (is_loopback(host) or host.lower() in state.allowed_hosts):
             raise HostNotAllowed(
                 f"Host {request.host!r} is not allowed: the server is bound to loopback; "

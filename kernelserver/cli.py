@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import load_config
+from .config import is_loopback, load_config
 from .errors import KernelServerError
 from .gunicorn_worker import worker_class
 
@@ -120,8 +120,6 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
           backend: str | None, data_dir: str | None, allow_hosts: tuple[str, ...],
           threads: int | None, certfile: str | None, keyfile: str | None) -> None:
     """Run the server under gunicorn and print its URL and token."""
-    from .app import is_loopback
-
     overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
                  "backend": backend, "data_dir": data_dir, "threads": threads,
                  "allowed_hosts": allow_hosts or None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -31,6 +32,24 @@ def default_data_dir() -> str:
         return str(Path.home() / "Library" / "Application Support" / "kernelserver")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "kernelserver")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names and loopback addresses (brackets and case ignored)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_without_port(host_header: str) -> str:
+    """The name part of a Host header: `[::1]:5000` → `[::1]`, `box:80` → `box`."""
+    if host_header.startswith("["):
+        return host_header.split("]", 1)[0] + "]"
+    return host_header.rsplit(":", 1)[0]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import contextvars
 import io
 import json
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -148,8 +149,6 @@ def describe_variable(name: str, value: Any, limit: int = 200) -> dict[str, Any]
 
 def is_user_variable(name: str, value: Any) -> bool:
     """True for names a user would want listed: not dunders, modules or the display builtins."""
-    import types
-
     if name.startswith("_"):
         return False
     return not isinstance(value, types.ModuleType)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .backends import make_kernel_factory
+from .config import is_loopback
 from .errors import ExecutionNotFound, NamespaceNotFound
 from .execution import Execution
 from .history import History, HistoryError
@@ -24,12 +25,6 @@ class ServerLockError(RuntimeError):
     """Another kernelserver process already serves this data dir."""
 
 
-def _is_loopback_host(host: str) -> bool:
-    from .app import is_loopback
-
-    return is_loopback(host)
-
-
 class ServerState:
     """The app's one piece of state, kept in app.extensions["kernelserver"]."""
 
@@ -37,7 +32,7 @@ class ServerState:
         self.config = config
         self.version = version
         self.token: str | None = None if config["no_auth"] else config["token"]
-        self.check_host = _is_loopback_host(config["host"])
+        self.check_host = is_loopback(config["host"])
         self.allowed_hosts = frozenset(h.lower() for h in config["allowed_hosts"])
         self._lock_file = self._take_lock(Path(config["data_dir"]))
         try:

@@ -75,12 +75,11 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
 class InProcessKernel:
     """A namespace in the server process: an Executor run on the caller's (runner) thread."""
 
-    def __init__(self, repr_limit: int, interrupt_grace: float) -> None:
+    def __init__(self, repr_limit: int) -> None:
         install_routing()
         # This process must never open a plot window; figures come back as displays.
         os.environ.setdefault("MPLBACKEND", "module://kernelserver.mpl_backend")
         self.repr_limit = repr_limit
-        self.interrupt_grace = interrupt_grace
         self._sink: OutputSink | None = None
         self._executor = self._new_executor()
         self._running_thread: int | None = None
@@ -164,7 +163,7 @@ class InProcessBackend:
         self.config = config
 
     def __call__(self, namespace_id: str) -> InProcessKernel:
-        return InProcessKernel(self.config["repr_limit_bytes"], self.config["interrupt_grace"])
+        return InProcessKernel(self.config["repr_limit_bytes"])
 
     def close(self) -> None:
         """Nothing shared to release."""
