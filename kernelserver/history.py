@@ -61,6 +61,9 @@ def _text(value: str | bytes | None) -> str:
     return value
 
 
+PAGE_CACHE_KIB = 256
+
+
 class HistoryError(Exception):
     """The history database cannot be opened or written; the message says what to do."""
 
@@ -101,6 +104,9 @@ class History:
                                isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # History is append-mostly and read rarely; SQLite's default 2 MB page cache per
+        # connection would only grow the server's memory as the database grows.
+        conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         try:
             os.chmod(self.path, 0o600)
         except OSError:
