@@ -1,33 +1,206 @@
-"""gunicorn's gthread worker with a read timeout, so stalled clients cannot pin every thread.
+"""gunicorn's gthread worker, hardened so stalled or lingering clients cannot stop the server.
 
-gthread hands a connection to a thread as soon as some bytes arrive; the thread then blocks until
-the whole request is read. Without a socket timeout (kernelserver runs gunicorn with timeout=0 so
-long cells live), a client that sends half a request and stalls holds that thread forever, and
-`threads` such clients starve the server. Each read now waits at most `request_read_timeout`.
+Two holes in the stock worker, both closed here:
+
+- gthread hands a connection to a thread as soon as some bytes arrive; the thread then blocks
+  until the whole request is read. Without a socket timeout (kernelserver runs gunicorn with
+  timeout=0 so long cells live), a client that sends half a request and stalls holds that thread
+  forever, and `threads` such clients starve the server. Each read now waits at most
+  `request_read_timeout`.
+- A connection that is not kept alive is closed "gracefully" on the worker's event loop: gunicorn
+  half-closes it and waits up to 2 s for the peer to close too. A client that sends
+  `Connection: close` and then holds its socket open freezes every other request for those 2 s,
+  without a token. The lingering now happens on one closer thread that waits on all such sockets
+  at once.
+- gunicorn ignores an app's `Connection: close`, and before reusing a connection drains any body
+  the app left unread, for up to 5 s on a thread. kernelserver closes connections whose request it
+  refused, and the worker now honours that.
 """
 
 from __future__ import annotations
 
+import queue
+import selectors
+import socket
+import ssl
+import threading
+import time
 from typing import Any
 
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
+
+LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close
+LINGER_DRAIN_BYTES = 65536
+MAX_LINGERING = 1024  # beyond this, sockets are closed at once rather than held open
+
+
+class Closer:
+    """Closes sockets after the peer has read the answer, without blocking the caller."""
+
+    def __init__(self, linger: float = LINGER_SECONDS) -> None:
+        self.linger = linger
+        self._incoming: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lingering: dict[socket.socket, tuple[float, int]] = {}
+        threading.Thread(target=self._run, name="lingering-close", daemon=True).start()
+
+    def close(self, sock: socket.socket) -> None:
+        """Half-close sock now; drain and close it once the peer closes or the linger passes."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            _close(sock)
+            return
+        self._incoming.put(sock)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the wake-up pipe is full: the closer is awake already
+
+    def _run(self) -> None:
+        while True:
+            timeout = None
+            if self._lingering:
+                timeout = max(0.0, min(d for d, _ in self._lingering.values()) - time.monotonic())
+            for key, _ in self._selector.select(timeout):
+                if key.fileobj is self._wake_r:
+                    self._take_incoming()
+                else:
+                    self._drain(key.fileobj)  # type: ignore[arg-type]
+            now = time.monotonic()
+            for sock in [s for s, (deadline, _) in self._lingering.items() if deadline <= now]:
+                self._finish(sock)
+
+    def _take_incoming(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        while True:
+            try:
+                sock = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            if len(self._lingering) >= MAX_LINGERING:
+                _close(sock)
+                continue
+            self._lingering[sock] = (time.monotonic() + self.linger, 0)
+            self._selector.register(sock, selectors.EVENT_READ)
+
+    def _drain(self, sock: socket.socket) -> None:
+        deadline, drained = self._lingering[sock]
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            data = b""
+        drained += len(data)
+        if not data or drained >= LINGER_DRAIN_BYTES:
+            self._finish(sock)
+        else:
+            self._lingering[sock] = (deadline, drained)
+
+    def _finish(self, sock: socket.socket) -> None:
+        del self._lingering[sock]
+        self._selector.unregister(sock)
+        _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class ReadTimeoutWorker(ThreadWorker):
-    """ThreadWorker whose connections time out on a read that gets nothing for too long."""
+    """ThreadWorker with per-read timeouts and lingering closes off its event loop."""
 
     read_timeout: float = 15.0
 
+    def init_process(self) -> None:
+        self.closer = Closer()
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app: Any = self.wsgi  # type: ignore[has-type]
+
+        def honour_connection_close(environ: dict[str, Any], start_response: Any) -> Any:
+            def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
+                    # gunicorn drops the app's hop-by-hop headers; its response object (the
+                    # owner of start_response) is the one place to ask for a close.
+                    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                    if force_close is not None:
+                        force_close()
+                return start_response(status, headers, exc_info)
+
+            return app(environ, start)
+
+        honour_connection_close.__wrapped__ = app  # type: ignore[attr-defined]
+        self.wsgi = honour_connection_close
+
     def handle(self, conn: Any) -> Any:
+        if not getattr(conn, "kernelserver_patched", False):
+            self._patch(conn)
+        # The whole header block must arrive within one read timeout: a per-read timeout alone
+        # lets a client trickle a byte at a time and hold the thread forever, without a token.
+        conn.header_deadline = time.monotonic() + self.read_timeout
+        return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        # Headers are in; the body is read under the per-read timeout (only token holders get
+        # that far: the token is checked before any body is read).
+        conn.header_deadline = None
+        conn.sock.settimeout(self.read_timeout)
+        return super().handle_request(req, conn)
+
+    def _patch(self, conn: Any) -> None:
         init = conn.init
         timeout = self.read_timeout
+        closer = self.closer
 
         def init_with_timeout() -> None:
             init()
             conn.sock.settimeout(timeout)
+            unreader = getattr(conn.parser, "unreader", None)
+            if unreader is not None and hasattr(unreader, "chunk"):
+                chunk = unreader.chunk
+
+                def chunk_before_deadline(*args: Any, **kwargs: Any) -> Any:
+                    if conn.header_deadline is None:
+                        return chunk(*args, **kwargs)
+                    remaining = conn.header_deadline - time.monotonic()
+                    try:
+                        if remaining <= 0:
+                            raise TimeoutError
+                        conn.sock.settimeout(min(timeout, remaining))
+                        return chunk(*args, **kwargs)
+                    except TimeoutError:
+                        # Closed quietly, as a client that went away: a traceback per stalled
+                        # connection would let anyone fill the server's log.
+                        raise NoMoreData() from None
+
+                unreader.chunk = chunk_before_deadline
+
+        def close(graceful: bool = False) -> None:
+            if graceful:
+                closer.close(conn.sock)
+            else:
+                _close(conn.sock)
 
         conn.init = init_with_timeout
-        return super().handle(conn)
+        conn.close = close
+        conn.kernelserver_patched = True
 
 
 def worker_class(read_timeout: float) -> type[ReadTimeoutWorker]:
