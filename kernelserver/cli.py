@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, tokenfile
 from .config import is_loopback, load_config
 from .errors import KernelServerError
 from .gunicorn_worker import worker_class
@@ -76,8 +77,9 @@ def gunicorn_options(config: dict[str, Any], certfile: str | None, keyfile: str 
     return options
 
 
-def run_gunicorn(config: dict[str, Any], options: dict[str, Any]) -> None:
-    """Serve create_app(config) under gunicorn with these options (blocks)."""
+def run_gunicorn(config: dict[str, Any], options: dict[str, Any],
+                 load: Callable[[], Any] | None = None) -> None:
+    """Serve create_app(config) (or what load returns) under gunicorn with these options (blocks)."""
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
@@ -85,6 +87,7 @@ def run_gunicorn(config: dict[str, Any], options: dict[str, Any]) -> None:
     def worker_exit(server: Any, worker: Any) -> None:
         # SIGTERM and friends: shut every namespace's worker down before the process goes.
         app = getattr(worker, "wsgi", None)
+        app = getattr(app, "__wrapped__", app)  # the worker wraps the app it loaded
         state = getattr(app, "extensions", {}).get("kernelserver") if app else None
         if state is not None:
             state.close()
@@ -95,7 +98,7 @@ def run_gunicorn(config: dict[str, Any], options: dict[str, Any]) -> None:
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return create_app(config)
+            return load() if load is not None else create_app(config)
 
     Application().run()
 
@@ -150,6 +153,9 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
                    + f" --data-urlencode 'code=1+1' {url}/execute", err=True)
     elif config["token"]:
         click.echo("token: from --token / KERNELSERVER_TOKEN", err=True)
+        if token:
+            click.echo("WARNING: --token is visible to other local users in the process list; "
+                       "prefer KERNELSERVER_TOKEN, or let serve generate one", err=True)
     else:
         click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
     if not is_loopback(config["host"]):
@@ -321,6 +327,34 @@ def check(url: str, token: str | None, requirements: tuple[str, ...], gpu: bool,
         failed = sum(not row.ok for row in rows)
         click.echo("all checks passed" if ok else f"{failed} check(s) failed")
     sys.exit(0 if ok else 1)
+
+
+@cli.command("token")
+@click.option("--data-dir", default=None, help="The server's data dir "
+              "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+def token_(data_dir: str | None) -> None:
+    """Print the token of the server running from this data dir (same OS user only)."""
+    where = tokenfile.path(data_dir)
+    data = tokenfile.read(data_dir)
+    if data is None:
+        fail(f"no token file at {where}: no server is running from that data dir, or it was "
+             "started with --no-auth (or pass --data-dir)", 1)
+        return
+    if not _pid_alive(data.get("pid")):
+        fail(f"{where} is left from a server that is no longer running", 1)
+    click.echo(data["token"])
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main() -> None:

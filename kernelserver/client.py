@@ -10,6 +10,7 @@ from typing import Any
 
 import requests
 
+from . import tokenfile
 from .errors import ConnectionFailed, KernelServerError, error_class
 from .results import ExecutionResult
 
@@ -26,7 +27,8 @@ class Client:
     def __init__(self, url: str | None = None, token: str | None = None,
                  timeout: float | None = None, verify: bool | str = True) -> None:
         self.url = (url or os.environ.get("KERNELSERVER_URL") or DEFAULT_URL).rstrip("/")
-        token = token if token is not None else os.environ.get("KERNELSERVER_TOKEN")
+        if token is None:
+            token = os.environ.get("KERNELSERVER_TOKEN") or tokenfile.token_for(self.url)
         if timeout is None:
             timeout = float(os.environ.get("KERNELSERVER_CLIENT_TIMEOUT") or DEFAULT_TIMEOUT)
         self.timeout = timeout

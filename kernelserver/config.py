@@ -87,8 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
             "interrupt before its worker is killed."),
     Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),
-    Setting("request_read_timeout", 15.0, float, "Seconds a read of a request may wait for data "
-            "before the connection is dropped (stalled clients must not pin threads)."),
+    Setting("request_read_timeout", 15.0, float, "Seconds a request's headers may take in all, "
+            "and one read of its body may wait; past it the connection is dropped (a stalled body "
+            "gets 408), so stalled clients cannot pin threads."),
     Setting("stream_keepalive", 10.0, float, "Seconds of silence after which a stream gets a "
             "keepalive event (proxies drop idle connections)."),
     Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from . import tokenfile
 from .backends import make_kernel_factory
 from .config import is_loopback
 from .errors import ExecutionNotFound, NamespaceNotFound
@@ -40,6 +41,9 @@ class ServerState:
         except HistoryError:
             self._release_lock()
             raise
+        if self.token:
+            # For clients of this OS user on this machine (`kernelserver token`, the Client).
+            tokenfile.write(config["data_dir"], config["host"], config["port"], self.token)
         self.backend = make_kernel_factory(config)
         self.registry = Registry(config, self.backend, self.history)
         self._closed = False
@@ -155,4 +159,6 @@ class ServerState:
         if close_backend is not None:
             close_backend()
         self.history.close()
+        if self.token:
+            tokenfile.remove(self.config["data_dir"], self.token)
         self._release_lock()

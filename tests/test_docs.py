@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from kernelserver.config import SETTINGS, load_config, settings_markdown
@@ -78,3 +79,12 @@ def test_readme_and_docs_name_every_route() -> None:
     readme = (ROOT / "README.md").read_text()
     for method, path in _app_routes():
         assert f"`{method} {path}`" in readme or f"`{path}`" in readme, path
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    text = (ROOT / "docs" / "security.md").read_text()
+    named = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", text)
+    assert len(named) >= 15
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
+    assert not missing, missing
