@@ -170,6 +170,8 @@ class ReadTimeoutWorker(ThreadWorker):
         closer = self.closer
 
         def init_with_timeout() -> None:
+            if conn.initialized:
+                return  # called again for each request on a kept-alive connection
             init()
             conn.sock.settimeout(timeout)
             unreader = getattr(conn.parser, "unreader", None)

@@ -142,3 +142,11 @@ def test_clients_that_hold_a_closed_connection_open_do_not_stall_others(tmp_path
         for sock in held:
             sock.close()
         server.stop()
+
+
+def test_thousands_of_requests_on_one_kept_alive_connection(live_server: LiveServer) -> None:
+    # Each request on a connection passes through the worker's per-connection set-up again;
+    # it must not pile up (it once nested a wrapper per request until a RecursionError).
+    with requests.Session() as session:
+        for _ in range(1500):
+            assert session.get(live_server.url + "/health", timeout=10).ok
