@@ -346,7 +346,8 @@ def execute() -> Response:
     stream = field_bool(data, "stream")
     cancel = field_bool(data, "cancel_on_disconnect")
     namespace = _state().registry.get_or_create_default(namespace_id)
-    execution = namespace.submit(code, timeout)
+    # A caller that waits for the end may run the cell on its own thread (see submit).
+    execution = namespace.submit(code, timeout, inline=wait is None and not stream)
     if stream:
         return _stream(execution, cancel, namespace)
     return _wait_answer(execution, wait)

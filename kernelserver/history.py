@@ -62,6 +62,7 @@ def _text(value: str | bytes | None) -> str:
 
 
 PAGE_CACHE_KIB = 256
+COALESCE_SECONDS = 0.05
 
 
 class HistoryError(Exception):
@@ -96,6 +97,7 @@ class History:
         # it is committed, or None to stop.
         self._writes: queue.Queue[Callable[[sqlite3.Connection], None] | threading.Event | None] = (
             queue.Queue())
+        self._urgent = threading.Event()  # set by flush and close: commit now
         self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
         self._writer.start()
 
@@ -119,9 +121,14 @@ class History:
             item = self._writes.get()
             if item is None:
                 break
+            # Let writes gather for a moment, then commit them in one transaction: waking (and
+            # taking the GIL) for each write would compete with the cells being answered. A
+            # flush or stop ends the moment early, and readers flush first, so nobody sees it.
+            if callable(item) and not isinstance(item, threading.Event):
+                self._urgent.wait(COALESCE_SECONDS)
+            self._urgent.clear()
             batch = [item]
-            # Commit whatever else is already waiting in the same transaction.
-            while len(batch) < 256:
+            while len(batch) < 1024 and not isinstance(batch[-1], threading.Event):
                 try:
                     more = self._writes.get_nowait()
                 except queue.Empty:
@@ -189,6 +196,7 @@ class History:
         """Wait (bounded) until every write queued so far is committed; False on timeout."""
         done = threading.Event()
         self._writes.put(done)
+        self._urgent.set()
         return done.wait(timeout)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
@@ -237,6 +245,7 @@ class History:
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued and close."""
         self._writes.put(None)
+        self._urgent.set()
         self._writer.join(timeout)
         with self._read_lock:
             self._read.close()

@@ -55,6 +55,8 @@ class Namespace:
         self._queue: queue.Queue[Execution | None] = queue.Queue()
         self._executions: OrderedDict[int, Execution] = OrderedDict()
         self._current: Execution | None = None
+        self._pending = 0  # submitted and not finished: queued, or running here or inline
+        self._run_lock = threading.Lock()  # held by whichever thread runs a cell
         self._closed = False
         self._runner = threading.Thread(target=self._run_loop, name=f"ns-{namespace_id}",
                                         daemon=True)
@@ -65,8 +67,13 @@ class Namespace:
         """The number of the latest submitted execution (0 before any)."""
         return self._next_count - 1
 
-    def submit(self, code: str, timeout: float | None) -> Execution:
-        """Queue a cell; it runs after every cell submitted before it."""
+    def submit(self, code: str, timeout: float | None, inline: bool = False) -> Execution:
+        """Queue a cell; it runs after every cell submitted before it.
+
+        With inline, a cell submitted to an idle namespace runs in the calling thread, which
+        returns once it has finished: a caller that waits for the end anyway saves two thread
+        hand-offs. Only backends whose cells run in another process allow it.
+        """
         with self._lock:
             if self._closed:
                 raise NamespaceUnavailable(f"namespace {self.id!r} is being deleted")
@@ -84,7 +91,12 @@ class Namespace:
             if self.history is not None:
                 self.history.record_submitted(self.id, execution.execution_count, code,
                                               execution.submitted_at)
-            self._queue.put(execution)
+            run_here = inline and self._pending == 0 and getattr(self.kernel, "runs_inline", False)
+            self._pending += 1
+            if not run_here:
+                self._queue.put(execution)
+        if run_here:
+            self._run_one(execution)
         return execution
 
     def _forget_old(self) -> None:
@@ -108,28 +120,34 @@ class Namespace:
             execution = self._queue.get()
             if execution is None:
                 return
+            self._run_one(execution)
+
+    def _run_one(self, execution: Execution) -> None:
+        with self._run_lock:
             with self._lock:
-                if self._closed:
-                    execution.finish("error", error=ErrorInfo(
-                        "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran", ""))
-                    self._record(execution)
-                    continue
-                self._current = execution
-                self.state = "busy"
-            execution.start()
-            try:
-                outcome = self.kernel.execute(execution.code, execution.execution_count,
-                                              execution, execution.timeout)
-                execution.finish(outcome.status, outcome.result, outcome.error, outcome.restarted)
-            except Exception as exc:  # a backend bug must not kill the runner
+                closed = self._closed
+                if not closed:
+                    self._current = execution
+                    self.state = "busy"
+            if closed:
                 execution.finish("error", error=ErrorInfo(
-                    "KernelServerError", f"internal error running the cell: {exc}", ""))
+                    "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran", ""))
+            else:
+                execution.start()
+                try:
+                    outcome = self.kernel.execute(execution.code, execution.execution_count,
+                                                  execution, execution.timeout)
+                    execution.finish(outcome.status, outcome.result, outcome.error, outcome.restarted)
+                except Exception as exc:  # a backend bug must not kill the runner
+                    execution.finish("error", error=ErrorInfo(
+                        "KernelServerError", f"internal error running the cell: {exc}", ""))
             with self._lock:
                 self._current = None
+                self._pending -= 1
                 self.last_activity = utcnow_iso()
                 if not self._closed:
-                    self.state = "busy" if self._queue.qsize() else "idle"
-            self._record(execution)
+                    self.state = "busy" if self._pending else "idle"
+        self._record(execution)
 
     def _record(self, execution: Execution) -> None:
         if self.history is not None:
@@ -156,6 +174,8 @@ class Namespace:
             if execution is None:
                 self._queue.put(None)
                 return
+            with self._lock:
+                self._pending -= 1
             execution.finish("error", error=ErrorInfo(
                 ename, f"namespace {self.id!r} {what} before the cell ran", ""))
             self._record(execution)
