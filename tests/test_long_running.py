@@ -296,3 +296,19 @@ def test_stream_misses_nothing_printed_before_the_client_reads(make_app: Callabl
     events = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
     streamed = "".join(e["text"] for e in events if e["event"] == "stdout")
     assert streamed == "early\nlate\n"
+
+
+def test_plain_prints_arrive_live_and_in_order_with_stderr_and_subprocesses(server: LiveServer) -> None:
+    # stdout is block-buffered in the worker (for throughput) and flushed within 50 ms, before
+    # anything is written to stderr, and before a subprocess gets the pipes.
+    create(server, "order")
+    code = ("import subprocess, sys, time\nprint('a')\nprint('b', file=sys.stderr)\nprint('c')\n"
+            "subprocess.run(['echo', 'd'])\nprint('e')\ntime.sleep(1.5)\nprint('f')")
+    response = post(server, "/execute", {"id": "order", "code": code, "stream": True}, stream=True)
+    events = list(stream_lines(response))
+    texts = [(e["event"], e["text"]) for _, e in events if e["event"] in ("stdout", "stderr")]
+    joined = [(kind, line) for kind, text in texts for line in text.splitlines()]
+    assert joined == [("stdout", "a"), ("stderr", "b"), ("stdout", "c"), ("stdout", "d"),
+                      ("stdout", "e"), ("stdout", "f")]
+    t_e = next(t for t, e in events if e["event"] == "stdout" and "e" in e["text"].split())
+    assert t_e < 1.0  # 'e' came while the cell slept, not at its end

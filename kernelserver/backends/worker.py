@@ -9,12 +9,14 @@ from __future__ import annotations
 import atexit
 import ctypes
 import faulthandler
+import functools
 import io
 import os
 import signal
 import socket
 import sys
 import threading
+import time
 import types
 from typing import Any
 
@@ -50,18 +52,70 @@ class _Interruptible:
             raise KeyboardInterrupt
 
 
-def _make_streams() -> None:
-    def wrap(fd: int) -> io.TextIOWrapper:
-        raw = io.FileIO(fd, "w", closefd=False)
-        # Line-buffered like a terminal: print() reaches the pipe as one write per line, and
-        # flush() (tqdm calls it) pushes a partial line out at once.
-        return io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8",
-                                errors="backslashreplace", line_buffering=True)
+FLUSH_INTERVAL = 0.05  # seconds printed text may wait in the worker before it is sent
 
+
+class _ErrStream(io.TextIOWrapper):
+    """stderr, line-buffered; it pushes pending stdout out first, so the two keep their order."""
+
+    out: io.TextIOWrapper | None = None
+
+    def write(self, text: str) -> int:
+        if self.out is not None:
+            self.out.flush()
+        return super().write(text)
+
+
+def _make_streams() -> None:
+    def raw(fd: int) -> io.BufferedWriter:
+        return io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16)
+
+    # stdout is block-buffered and flushed every FLUSH_INTERVAL by a thread (as ipykernel does):
+    # a pipe write per printed line capped a printing cell at ~40 MB/s, block writes reach ~170.
+    # flush() (tqdm calls it) still pushes a partial line out at once.
+    out = io.TextIOWrapper(raw(1), encoding="utf-8", errors="backslashreplace")
+    err = _ErrStream(raw(2), encoding="utf-8", errors="backslashreplace", line_buffering=True)
+    err.out = out
     # The __std*__ originals too: code that restores them must still reach the pipes.
-    sys.stdout = sys.__stdout__ = wrap(1)  # type: ignore[misc]
-    sys.stderr = sys.__stderr__ = wrap(2)  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = out  # type: ignore[misc]
+    sys.stderr = sys.__stderr__ = err  # type: ignore[misc]
     sys.stdin = sys.__stdin__ = open(os.devnull)  # type: ignore[misc]  # noqa: SIM115
+
+    def flush_periodically() -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                out.flush()
+            except Exception:
+                pass  # a closed or broken stdout: the cell's business, not the flusher's
+
+    threading.Thread(target=flush_periodically, name="stdout-flusher", daemon=True).start()
+    _flush_before_handing_over_fds(out)
+
+
+def _flush_before_handing_over_fds(out: io.TextIOWrapper) -> None:
+    """Printed text goes out before a child process (or exec) writes to the same pipes."""
+    def flush() -> None:
+        try:
+            out.flush()
+        except Exception:
+            pass
+
+    def flushing(call: Any) -> Any:
+        @functools.wraps(call)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            flush()
+            return call(*args, **kwargs)
+        return wrapper
+
+    os.register_at_fork(before=flush)
+    for name in ("system", "posix_spawn", "posix_spawnp", "execv", "execve", "execvp", "execvpe",
+                 "execl", "execle", "execlp", "execlpe"):
+        if hasattr(os, name):
+            setattr(os, name, flushing(getattr(os, name)))
+    import subprocess  # a cell's subprocess.run forks through _posixsubprocess, not os.fork
+
+    subprocess.Popen._execute_child = flushing(subprocess.Popen._execute_child)  # type: ignore[attr-defined]
 
 
 def _query_loop(query: socket.socket, executor: Executor) -> None:
