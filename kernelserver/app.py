@@ -398,15 +398,11 @@ def _error_response(exc: KernelServerError) -> Response:
     response = _json(exc.to_dict(), exc.status)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="kernelserver"'
-    if isinstance(exc, RequestTimeout) or _has_body():
-        # A refused request's body may be unread, and may never come: gunicorn would hold a
-        # thread draining it before reusing the connection. A fresh connection costs less.
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # A refused request's body (a 408's included) may be unread and may never come:
+        # gunicorn would hold a thread draining it before reusing the connection.
         response.headers["Connection"] = "close"
     return response
-
-
-def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
 def _handle_http(exc: HTTPException) -> Response:

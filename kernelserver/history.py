@@ -124,7 +124,7 @@ class History:
             # Let writes gather for a moment, then commit them in one transaction: waking (and
             # taking the GIL) for each write would compete with the cells being answered. A
             # flush or stop ends the moment early, and readers flush first, so nobody sees it.
-            if callable(item) and not isinstance(item, threading.Event):
+            if callable(item):  # a write, not a flush marker
                 self._urgent.wait(COALESCE_SECONDS)
             self._urgent.clear()
             batch = [item]
@@ -137,7 +137,7 @@ class History:
                     self._writes.put(None)
                     break
                 batch.append(more)
-            writes = [w for w in batch if callable(w) and not isinstance(w, threading.Event)]
+            writes = [w for w in batch if callable(w)]
             try:
                 if writes:
                     conn.execute("BEGIN")

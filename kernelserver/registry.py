@@ -47,7 +47,6 @@ class Namespace:
         self.config = config
         self.created_at = utcnow_iso()
         self.last_activity = self.created_at
-        self.state = "idle"
         self.history = history
         # execution_count never repeats for an id: continue after what history holds.
         self._next_count = (history.max_count(namespace_id) if history else 0) + 1
@@ -61,6 +60,13 @@ class Namespace:
         self._runner = threading.Thread(target=self._run_loop, name=f"ns-{namespace_id}",
                                         daemon=True)
         self._runner.start()
+
+    @property
+    def state(self) -> str:
+        """dead once closed; busy while cells are queued or running; else idle."""
+        if self._closed:
+            return "dead"
+        return "busy" if self._pending else "idle"
 
     @property
     def execution_count(self) -> int:
@@ -91,7 +97,7 @@ class Namespace:
             if self.history is not None:
                 self.history.record_submitted(self.id, execution.execution_count, code,
                                               execution.submitted_at)
-            run_here = inline and self._pending == 0 and getattr(self.kernel, "runs_inline", False)
+            run_here = inline and self._pending == 0 and self.kernel.runs_inline
             self._pending += 1
             if not run_here:
                 self._queue.put(execution)
@@ -128,7 +134,6 @@ class Namespace:
                 closed = self._closed
                 if not closed:
                     self._current = execution
-                    self.state = "busy"
             if closed:
                 execution.finish("error", error=ErrorInfo(
                     "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran", ""))
@@ -145,8 +150,6 @@ class Namespace:
                 self._current = None
                 self._pending -= 1
                 self.last_activity = utcnow_iso()
-                if not self._closed:
-                    self.state = "busy" if self._pending else "idle"
         self._record(execution)
 
     def _record(self, execution: Execution) -> None:
@@ -184,7 +187,6 @@ class Namespace:
         """Stop the runner and release the kernel; waits (bounded) for the running cell to end."""
         with self._lock:
             self._closed = True
-            self.state = "dead"
         self._cancel_queued("NamespaceDeleted", "was deleted")
         self.kernel.close()
         self._queue.put(None)

@@ -51,6 +51,10 @@ def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_a
 class Kernel(Protocol):
     """One namespace's code runner: execute blocks and is only called from one thread at a time."""
 
+    # True when any thread may drive a cell (the code runs elsewhere, interrupts are signals),
+    # so the registry may run it on the request's own thread.
+    runs_inline: bool
+
     def execute(self, code: str, execution_count: int, sink: OutputSink,
                 timeout: float | None) -> KernelOutcome:
         """Run a cell to completion (or timeout), streaming its output into sink."""

@@ -75,6 +75,8 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
 class InProcessKernel:
     """A namespace in the server process: an Executor run on the caller's (runner) thread."""
 
+    runs_inline = False  # interrupts target the runner thread; user code must stay on it
+
     def __init__(self, repr_limit: int) -> None:
         install_routing()
         # This process must never open a plot window; figures come back as displays.

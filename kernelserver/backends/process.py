@@ -229,8 +229,7 @@ def rss_bytes(pid: int) -> int | None:
 class ProcessKernel:
     """A namespace in its own worker process, restartable; modelled on jupyter_client's manager."""
 
-    # Any thread may drive a cell: the code runs in the worker, interrupts are signals to it.
-    runs_inline = True
+    runs_inline = True  # the code runs in the worker; interrupts are signals to it
 
     def __init__(self, forkserver: ForkServer, options: dict[str, Any], interrupt_grace: float,
                  autostart: bool = True) -> None:
