@@ -22,6 +22,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import __version__
 from .config import host_without_port, is_loopback, load_config
+from .encoding import dumps, encode, is_large, iter_json
 from .errors import (
     BadRequest,
     HostNotAllowed,
@@ -34,6 +35,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .execution import Execution
+from .results import FINISHED
 from .server_state import ServerState
 
 log = logging.getLogger("kernelserver")
@@ -50,65 +52,8 @@ def _state() -> ServerState:
     return state
 
 
-def dumps(data: Any) -> bytes:
-    """Compact JSON as UTF-8; a lone surrogate becomes its JSON escape instead of an error."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
-    return text.encode("utf-8", "backslashreplace")
-
-
-CHUNK_CHARS = 1 << 16
-LARGE_ANSWER = 1 << 18
-
-
-def _text_size(data: Any) -> int:
-    if isinstance(data, str):
-        return len(data)
-    if isinstance(data, dict):
-        return sum(_text_size(v) for v in data.values())
-    if isinstance(data, (list, tuple)):
-        return sum(_text_size(v) for v in data)
-    return 8
-
-
-def _pieces(data: Any) -> Iterator[str]:
-    if isinstance(data, str) and len(data) > CHUNK_CHARS:
-        yield '"'
-        for start in range(0, len(data), CHUNK_CHARS):
-            yield json.dumps(data[start:start + CHUNK_CHARS], ensure_ascii=False)[1:-1]
-        yield '"'
-    elif isinstance(data, dict):
-        yield "{"
-        for i, (key, value) in enumerate(data.items()):
-            yield ("," if i else "") + json.dumps(str(key), ensure_ascii=False) + ":"
-            yield from _pieces(value)
-        yield "}"
-    elif isinstance(data, (list, tuple)):
-        yield "["
-        for i, value in enumerate(data):
-            if i:
-                yield ","
-            yield from _pieces(value)
-        yield "]"
-    else:
-        yield json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-def iter_json(data: Any) -> Iterator[bytes]:
-    """The JSON of data in ~64 KiB pieces: a large answer is never encoded whole in memory."""
-    batch: list[str] = []
-    size = 0
-    for piece in _pieces(data):
-        batch.append(piece)
-        size += len(piece)
-        if size >= CHUNK_CHARS:
-            yield "".join(batch).encode("utf-8", "backslashreplace")
-            batch, size = [], 0
-    batch.append("\n")
-    yield "".join(batch).encode("utf-8", "backslashreplace")
-
-
 def _json(data: Any, status: int = 200) -> Response:
-    if _text_size(data) > LARGE_ANSWER:
+    if is_large(data):
         return Response(iter_json(data), status=status, mimetype="application/json")
     return Response(dumps(data), status=status, mimetype="application/json")
 
@@ -283,8 +228,8 @@ def _wait_answer(execution: Any, wait: float | None) -> Response:
         if remaining <= 0:
             break
         execution.wait(remaining)
-    snapshot = execution.snapshot()
-    return _json(snapshot.to_dict(), 200 if snapshot.finished else 202)
+    answer = execution.to_dict()
+    return _json(answer, 200 if answer["status"] in FINISHED else 202)
 
 
 def _stream(execution: Execution, cancel_on_disconnect: bool, namespace: Any,
@@ -299,7 +244,7 @@ def _stream(execution: Execution, cancel_on_disconnect: bool, namespace: Any,
         try:
             for event in subscription.events(keepalive, gone=lambda: client_gone(sock)):
                 finished = event["event"] == "result"
-                yield dumps(event)
+                yield from encode(event)  # a result with 8 MiB of output goes out in pieces
         finally:
             # Reached on client disconnect too (the WSGI server closes the iterator).
             if not finished and cancel_on_disconnect and not execution.finished:

@@ -8,10 +8,11 @@ import queue
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .execution import Finished, Text
 from .results import ErrorInfo, ExecutionResult
 
 SCHEMA = """
@@ -46,11 +47,16 @@ BLOB_PIECE = 1 << 16
 _CAN_STREAM_BLOBS = hasattr(sqlite3.Connection, "blobopen")  # Python 3.11+
 
 
-def _utf8_size(text: str) -> int:
-    if text.isascii():
+def _utf8_pieces(text: Text) -> Iterator[bytes]:
+    for piece in text.pieces:
+        for start in range(0, len(piece), BLOB_PIECE):
+            yield piece[start:start + BLOB_PIECE].encode("utf-8", "surrogatepass")
+
+
+def _utf8_size(text: Text) -> int:
+    if all(piece.isascii() for piece in text.pieces):
         return len(text)
-    return sum(len(text[i:i + BLOB_PIECE].encode("utf-8", "surrogatepass"))
-               for i in range(0, len(text), BLOB_PIECE))
+    return sum(len(chunk) for chunk in _utf8_pieces(text))
 
 
 def _text(value: str | bytes | None) -> str:
@@ -161,12 +167,13 @@ class History:
 
         self._writes.put(write)
 
-    def record_finished(self, result: ExecutionResult) -> None:
+    def record_finished(self, final: Finished) -> None:
         """Queue the final state of an execution."""
-        self._writes.put(lambda conn: self._write_finished(conn, result))
+        self._writes.put(lambda conn: self._write_finished(conn, final))
 
     @staticmethod
-    def _write_finished(conn: sqlite3.Connection, result: ExecutionResult) -> None:
+    def _write_finished(conn: sqlite3.Connection, final: Finished) -> None:
+        result = final.result
         conn.execute(
             "INSERT OR REPLACE INTO executions (ns, n, code, status, started_at, duration_ms, "
             "result, displays, error, truncated, restarted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -177,20 +184,20 @@ class History:
              json.dumps(result.error.to_dict()) if result.error else None,
              int(result.truncated), int(result.restarted)),
         )
-        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        for stream, text in (("stdout", final.stdout), ("stderr", final.stderr)):
             if not text:
                 continue
             if not _CAN_STREAM_BLOBS or len(text) <= BLOB_PIECE:
                 conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
                              (result.id, result.execution_count, stream,
-                              text.encode("utf-8", "surrogatepass")))
+                              str(text).encode("utf-8", "surrogatepass")))
                 continue
             cursor = conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, zeroblob(?))",
                                   (result.id, result.execution_count, stream, _utf8_size(text)))
             # Piece by piece: binding an 8 MiB string would make SQLite copy it whole first.
             with conn.blobopen("outputs", "data", cursor.lastrowid) as blob:  # type: ignore[attr-defined]
-                for start in range(0, len(text), BLOB_PIECE):
-                    blob.write(text[start:start + BLOB_PIECE].encode("utf-8", "surrogatepass"))
+                for chunk in _utf8_pieces(text):
+                    blob.write(chunk)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (bounded) until every write queued so far is committed; False on timeout."""

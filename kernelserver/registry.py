@@ -153,8 +153,9 @@ class Namespace:
         self._record(execution)
 
     def _record(self, execution: Execution) -> None:
-        if self.history is not None:
-            self.history.record_finished(execution.snapshot())
+        final = execution.final
+        if self.history is not None and final is not None:
+            self.history.record_finished(final)
 
     def interrupt(self) -> bool:
         """Interrupt the running cell, if any."""
