@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import sys
@@ -34,6 +35,7 @@ def default_data_dir() -> str:
     return str(Path(base) / "kernelserver")
 
 
+@functools.lru_cache(maxsize=64)  # asked on every request, nearly always with one same value
 def is_loopback(host: str) -> bool:
     """True for localhost names and loopback addresses (brackets and case ignored)."""
     host = host.strip("[]").lower()

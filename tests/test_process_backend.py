@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +254,19 @@ def test_output_between_cells_is_not_lost(papi: ApiClient) -> None:
              "threading.Thread(target=lambda: (time.sleep(0.3), print('late', flush=True))).start()")
     time.sleep(0.6)
     assert papi.run("print('next')")["stdout"] == "late\nnext\n"
+
+
+def test_cell_that_points_fd_1_and_2_elsewhere_is_answered_at_once(papi: ApiClient,
+                                                                   tmp_path: Path) -> None:
+    log = tmp_path / "cell.log"
+    code = (f"import os\nfd = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT)\n"
+            "saved = os.dup(1), os.dup(2)\nos.dup2(fd, 1)\nos.dup2(fd, 2)\n"
+            "os.write(1, b'into the file\\n')\ndisplay({'text/plain': 'shown'}, raw=True)\n")
+    started = time.monotonic()
+    data = papi.run(code)
+    # The worker's markers go to its own copies of the pipes, not into the file: no 5 s stall.
+    assert time.monotonic() - started < 3
+    assert data["status"] == "ok" and data["displays"] == [{"text/plain": "shown"}]
+    assert log.read_text() == "into the file\n"
+    papi.run("os.dup2(saved[0], 1)\nos.dup2(saved[1], 2)")
+    assert papi.run("print('back')")["stdout"] == "back\n"

@@ -97,6 +97,11 @@ class _Stream:
                 break
         return items + self._text(data)
 
+    def release_held(self) -> list[Item]:
+        """What was held back as a possible marker, as text: no marker follows this cell's output."""
+        held, self._held = self._held, b""
+        return self._text(held)
+
     def flush(self) -> str:
         """Whatever is held back, at the end of output."""
         held, self._held = self._held, b""
@@ -142,6 +147,11 @@ class Worker:
         self.stdout = _Stream(out_r, self.prefix)
         self.stderr = _Stream(err_r, self.prefix)
         self.reader = protocol.FrameReader()
+        # One selector for the worker's life: making one per cell cost four syscalls a cell.
+        self.selector = selectors.DefaultSelector()
+        for stream in (self.stdout, self.stderr):
+            self.selector.register(stream.fd, selectors.EVENT_READ, stream)
+        self.selector.register(self.ctl, selectors.EVENT_READ, None)
         self.expected_exit: str | None = None  # why we are stopping it, when we are
         self._closed = False
 
@@ -207,6 +217,7 @@ class Worker:
         if self._closed:
             return
         self._closed = True
+        self.selector.close()
         self.ctl.close()
         self.query.close()
         os.close(self.stdout.fd)
@@ -363,46 +374,48 @@ class ProcessKernel:
     def _run(self, worker: Worker, code: str, execution_count: int, sink: OutputSink,
              timeout: float | None) -> KernelOutcome:
         io = _CellIO(worker, sink)
+        for stream in (worker.stdout, worker.stderr):
+            early = stream.reset()
+            if early:
+                io.emit(stream, stream.feed(early))
         try:
-            for stream in (worker.stdout, worker.stderr):
-                early = stream.reset()
-                if early:
-                    io.emit(stream, stream.feed(early))
-            try:
-                worker.ctl.sendall(protocol.encode(
-                    {"op": "execute", "code": code, "execution_count": execution_count}))
-            except OSError:
-                return self._died(worker, io, timed_out=False)
-            deadline = time.monotonic() + timeout if timeout is not None else None
-            kill_at: float | None = None
-            drain_until: float | None = None
-            timed_out = False
-            while True:
-                now = time.monotonic()
-                if io.reply is not None:
-                    if worker.stdout.seen_end and worker.stderr.seen_end:
-                        break
-                    if drain_until is None:
-                        drain_until = now + DRAIN_AFTER_RESULT
-                    elif now >= drain_until:
-                        break
-                if deadline is not None and not timed_out and now >= deadline:
-                    timed_out = True
-                    worker.signal(signal.SIGINT)
-                    kill_at = now + self.interrupt_grace
-                if kill_at is not None and io.reply is None and now >= kill_at:
-                    worker.kill()
-                    return self._died(worker, io, timed_out=True, timeout=timeout)
-                wake = [t for t in (None if timed_out else deadline, kill_at, drain_until)
-                        if t is not None]
-                # Wake at least every 0.5 s to notice a worker that died while a grandchild
-                # still holds its sockets open.
-                io.pump(min([0.5] + [max(t - now, 0.0) for t in wake]))
-                if io.closed or (io.reply is None and not worker.is_alive()):
-                    return self._died(worker, io, timed_out, timeout)
-            io.flush_displays()
-        finally:
-            io.close()
+            worker.ctl.sendall(protocol.encode(
+                {"op": "execute", "code": code, "execution_count": execution_count}))
+        except OSError:
+            return self._died(worker, io, timed_out=False)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        kill_at: float | None = None
+        drain_until: float | None = None
+        timed_out = False
+        while True:
+            now = time.monotonic()
+            if io.reply is not None:
+                if io.reply.get("drained"):
+                    # The worker saw both pipes empty before replying: all its output is read.
+                    for stream in (worker.stdout, worker.stderr):
+                        io.emit(stream, stream.release_held())
+                    break
+                if worker.stdout.seen_end and worker.stderr.seen_end:
+                    break
+                if drain_until is None:
+                    drain_until = now + DRAIN_AFTER_RESULT
+                elif now >= drain_until:
+                    break
+            if deadline is not None and not timed_out and now >= deadline:
+                timed_out = True
+                worker.signal(signal.SIGINT)
+                kill_at = now + self.interrupt_grace
+            if kill_at is not None and io.reply is None and now >= kill_at:
+                worker.kill()
+                return self._died(worker, io, timed_out=True, timeout=timeout)
+            wake = [t for t in (None if timed_out else deadline, kill_at, drain_until)
+                    if t is not None]
+            # Wake at least every 0.5 s to notice a worker that died while a grandchild
+            # still holds its sockets open.
+            io.pump(min([0.5] + [max(t - now, 0.0) for t in wake]))
+            if io.closed or (io.reply is None and not worker.is_alive()):
+                return self._died(worker, io, timed_out, timeout)
+        io.flush_displays()
         reply = io.reply
         error = ErrorInfo.from_dict(reply["error"]) if reply.get("error") else None
         if timed_out and reply["status"] in ("interrupted", "ok"):
@@ -445,11 +458,7 @@ class _CellIO:
         self.displays: dict[int, dict[str, Any]] = {}
         self.reply: dict[str, Any] | None = None
         self.closed = False  # the control socket reached EOF: the worker is gone
-        self.selector = selectors.DefaultSelector()
-        for stream in (worker.stdout, worker.stderr):
-            if not stream.eof:
-                self.selector.register(stream.fd, selectors.EVENT_READ, stream)
-        self.selector.register(worker.ctl, selectors.EVENT_READ, None)
+        self.selector = worker.selector  # EOFs unregister there for good
 
     def emit(self, stream: _Stream, items: list[Item]) -> None:
         """Forward text, and each display at its marker."""
@@ -529,11 +538,6 @@ class _CellIO:
         """Displays whose marker never came (the cell redirected fd 1): at the end, in order."""
         for seq in sorted(self.displays):
             self.sink.add_display(self.displays.pop(seq))
-
-    def close(self) -> None:
-        """Release the selector."""
-        self.selector.close()
-
 
 class ProcessBackend:
     """Makes ProcessKernels, all forked from one fork server owned by this backend."""

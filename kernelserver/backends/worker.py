@@ -9,12 +9,15 @@ from __future__ import annotations
 import atexit
 import ctypes
 import faulthandler
+import fcntl
 import functools
 import io
 import os
 import signal
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 import types
@@ -118,6 +121,15 @@ def _flush_before_handing_over_fds(out: io.TextIOWrapper) -> None:
     subprocess.Popen._execute_child = flushing(subprocess.Popen._execute_child)  # type: ignore[attr-defined]
 
 
+def _pipe_is_empty(fd: int) -> bool:
+    """True when the server has read everything written to this pipe (FIONREAD is 0)."""
+    try:
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return struct.unpack("i", waiting)[0] == 0
+
+
 def _query_loop(query: socket.socket, executor: Executor) -> None:
     while True:
         try:
@@ -153,6 +165,9 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     # Cells run in __main__ as in IPython, so their classes pickle and multiprocessing works.
     sys.modules["__main__"] = main_module
     sys.argv = [""]
+    # Private copies of the output pipes (close-on-exec): markers reach the server even when a
+    # cell points fd 1 or 2 elsewhere, and FIONREAD on them tells whether it has read it all.
+    out_pipe, err_pipe = os.dup(1), os.dup(2)
     send_lock = threading.Lock()
     display_seq = 0
 
@@ -163,7 +178,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         with send_lock:
             protocol.send(ctl, {"op": "display", "seq": display_seq, "data": bundle})
         # Its place among the printed text: the server emits the display when it reads this.
-        os.write(1, protocol.marker(prefix, b"D%d" % display_seq))
+        os.write(out_pipe, protocol.marker(prefix, b"D%d" % display_seq))
 
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
                         on_display=on_display)
@@ -191,15 +206,20 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         except KeyboardInterrupt:
             interruptible.running = False
         _flush_all()
-        # The END markers tell the server it has read all of this cell's output from both pipes.
-        os.write(1, protocol.marker(prefix, b"END"))
-        os.write(2, protocol.marker(prefix, b"END"))
+        # The server must have read all of this cell's output before it answers. Pipes it has
+        # already emptied say so at once ("drained"); otherwise END markers, read after the
+        # rest, say it. Most cells print little, and skip two writes and two server wake-ups.
+        drained = _pipe_is_empty(out_pipe) and _pipe_is_empty(err_pipe)
+        if not drained:
+            os.write(out_pipe, protocol.marker(prefix, b"END"))
+            os.write(err_pipe, protocol.marker(prefix, b"END"))
         if outcome is None:
             reply = {"op": "result", "status": "interrupted", "result": None,
                      "error": {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}}
         else:
             reply = {"op": "result", "status": outcome.status, "result": outcome.result,
                      "error": outcome.error.to_dict() if outcome.error else None}
+        reply["drained"] = drained
         with send_lock:
             try:
                 protocol.send(ctl, reply)
