@@ -213,13 +213,13 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         if not drained:
             os.write(out_pipe, protocol.marker(prefix, b"END"))
             os.write(err_pipe, protocol.marker(prefix, b"END"))
+        reply: dict[str, Any] = {"op": "result", "drained": drained}
         if outcome is None:
-            reply = {"op": "result", "status": "interrupted", "result": None,
-                     "error": {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}}
+            reply.update(status="interrupted", result=None, error={
+                "ename": "KeyboardInterrupt", "evalue": "", "traceback": ""})
         else:
-            reply = {"op": "result", "status": outcome.status, "result": outcome.result,
-                     "error": outcome.error.to_dict() if outcome.error else None}
-        reply["drained"] = drained
+            reply.update(status=outcome.status, result=outcome.result,
+                         error=outcome.error.to_dict() if outcome.error else None)
         with send_lock:
             try:
                 protocol.send(ctl, reply)
