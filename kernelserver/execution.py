@@ -82,6 +82,9 @@ def _force_put(listener: queue.Queue[dict[str, Any]], event: dict[str, Any]) -> 
                 pass
 
 
+SLICE_AFTER = 1 << 16  # characters dropped from the oldest kept piece before it is cut
+
+
 class OutputBuffer:
     """Keeps the first and last cap/2 characters of a stream and counts what fell out between."""
 
@@ -90,7 +93,8 @@ class OutputBuffer:
         self._head: list[str] = []
         self._head_size = 0
         self._tail: deque[str] = deque()
-        self._tail_size = 0
+        self._tail_size = 0  # characters in _tail, the _skip dropped ones included
+        self._skip = 0  # characters at the start of _tail[0] that are already dropped
         self.dropped = 0
         self.total = 0
 
@@ -106,17 +110,23 @@ class OutputBuffer:
             return
         self._append(self._tail, text)
         self._tail_size += len(text)
-        while self._tail_size > self.half:
-            excess = self._tail_size - self.half
+        while self._tail_size - self._skip > self.half:
+            excess = self._tail_size - self._skip - self.half
             first = self._tail[0]
-            if len(first) <= excess:
+            if len(first) - self._skip <= excess:
                 self._tail.popleft()
                 self._tail_size -= len(first)
-                self.dropped += len(first)
+                self.dropped += len(first) - self._skip
+                self._skip = 0
             else:
-                self._tail[0] = first[excess:]
-                self._tail_size -= excess
+                # Mark the dropped start rather than copy the rest of the piece on every write:
+                # pieces then leave and arrive whole, and the allocator reuses their memory.
+                self._skip += excess
                 self.dropped += excess
+        if self._skip > SLICE_AFTER:  # one huge write: do not keep all of it for its last part
+            self._tail[0] = self._tail[0][self._skip:]
+            self._tail_size -= self._skip
+            self._skip = 0
 
     @staticmethod
     def _append(chunks: list[str] | deque[str], text: str) -> None:
@@ -133,13 +143,16 @@ class OutputBuffer:
         return self.dropped > 0
 
     def _pieces(self) -> list[str]:
+        tail = list(self._tail)
+        if tail and self._skip:
+            tail[0] = tail[0][self._skip:]
         if not self.dropped:
-            return [*self._head, *self._tail]
+            return [*self._head, *tail]
         marker = (
             f"\n[kernelserver: output truncated: {self.dropped} characters dropped here; "
             f"{self.total} in all, the first and last {self.half} kept]\n"
         )
-        return [*self._head, marker, *self._tail]
+        return [*self._head, marker, *tail]
 
     def getvalue(self) -> str:
         """Head, the marker if anything was dropped, and tail."""
@@ -150,6 +163,7 @@ class OutputBuffer:
         text = Text(self._pieces())
         self._head = []
         self._tail = deque()
+        self._skip = 0
         return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -130,3 +131,25 @@ def test_output_buffer_under_cap_is_exact() -> None:
     buffer.write("a" * 10)
     buffer.write("b" * 10)
     assert buffer.getvalue() == "a" * 10 + "b" * 10 and not buffer.truncated
+
+
+def test_output_buffer_keeps_exactly_the_first_and_last_half_whatever_the_writes() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        cap = rng.choice([2, 10, 100, 5000, 300_000])
+        buffer = OutputBuffer(cap)
+        written = []
+        for _ in range(rng.randint(0, 40)):
+            # Mostly reads-sized pieces, now and then one far larger than the cap.
+            size = rng.choice([1, 7, 4095, 65536, 200_000])
+            written.append(chr(ord("a") + len(written) % 26) * size)
+            buffer.write(written[-1])
+        full = "".join(written)
+        half = max(cap // 2, 1)
+        if len(full) <= 2 * half:
+            assert buffer.getvalue() == full and not buffer.truncated
+            continue
+        text = str(buffer.take())
+        head, _, rest = text.partition("\n[kernelserver: output truncated: ")
+        assert head == full[:half] and rest.endswith("kept]\n" + full[-half:])
+        assert buffer.dropped == len(full) - 2 * half and buffer.total == len(full)
