@@ -59,6 +59,15 @@ def _utf8_size(text: Text) -> int:
     return sum(len(chunk) for chunk in _utf8_pieces(text))
 
 
+def _storable(text: str) -> str:
+    """text as SQLite can bind it: a lone surrogate (JSON can carry one) becomes its escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _text(value: str | bytes | None) -> str:
     if value is None:
         return ""
@@ -144,26 +153,37 @@ class History:
                     break
                 batch.append(more)
             writes = [w for w in batch if callable(w)]
-            try:
-                if writes:
-                    conn.execute("BEGIN")
-                    for write in writes:
-                        write(conn)
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                print(f"kernelserver: history write failed: {exc}", file=sys.stderr, flush=True)
+            if writes and not self._commit(conn, writes, quiet=True):
+                # One bad row must not lose the batch: retry them one by one.
+                for write in writes:
+                    self._commit(conn, [write])
             for marker in batch:
                 if isinstance(marker, threading.Event):
                     marker.set()
         conn.close()
 
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, writes: list[Callable[[sqlite3.Connection], None]],
+                quiet: bool = False) -> bool:
+        """Run writes in one transaction; False (and rolled back) if any failed."""
+        try:
+            conn.execute("BEGIN")
+            for write in writes:
+                write(conn)
+            conn.execute("COMMIT")
+            return True
+        except Exception as exc:  # the writer thread must outlive any bad row
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not quiet:
+                print(f"kernelserver: history write failed: {exc}", file=sys.stderr, flush=True)
+            return False
+
     def record_submitted(self, ns: str, n: int, code: str, submitted_at: str) -> None:
         """Queue the row of a newly submitted execution."""
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO executions (ns, n, code, status, submitted_at) "
-                         "VALUES (?, ?, ?, 'queued', ?)", (ns, n, code, submitted_at))
+                         "VALUES (?, ?, ?, 'queued', ?)", (ns, n, _storable(code), submitted_at))
 
         self._writes.put(write)
 
@@ -177,7 +197,8 @@ class History:
         conn.execute(
             "INSERT OR REPLACE INTO executions (ns, n, code, status, started_at, duration_ms, "
             "result, displays, error, truncated, restarted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (result.id, result.execution_count, result.code, result.status, result.started_at,
+            (result.id, result.execution_count, _storable(result.code), result.status,
+             result.started_at,
              result.duration_ms,
              json.dumps(result.result) if result.result is not None else None,
              json.dumps(list(result.displays)),
