@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -22,7 +21,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import __version__
 from .config import host_without_port, is_loopback, load_config
-from .encoding import dumps, encode, is_large, iter_json
+from .encoding import dumps, encode, is_large, iter_json, loads
 from .errors import (
     BadRequest,
     HostNotAllowed,
@@ -82,7 +81,7 @@ def _body_params() -> Mapping[str, Any]:
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
+            body = loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):

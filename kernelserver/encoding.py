@@ -1,4 +1,4 @@
-"""JSON out: compact, safe for lone surrogates, and a large answer in pieces, never whole."""
+"""JSON in and out: orjson where it can, json where it cannot, a large answer in pieces."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from .execution import Text
 
 CHUNK_CHARS = 1 << 16
+ENCODE_CHARS = 1 << 14
 LARGE_ANSWER = 1 << 18  # characters; above this an answer is encoded piece by piece
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def _plain(value: Any) -> Any:
@@ -18,10 +22,28 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _json_bytes(data: Any) -> bytes:
+    # orjson escapes text ~50x faster than json (6 GB/s against 0.1 here), which is what a
+    # printing cell's answer or stream is made of. It refuses lone surrogates (a cell can print
+    # one) and integers past 64 bits: those take json, which writes a surrogate as its escape.
+    try:
+        return orjson.dumps(data, default=_plain, option=_OPTIONS)
+    except TypeError:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_plain)
+        return text.encode("utf-8", "backslashreplace")
+
+
 def dumps(data: Any) -> bytes:
     """Compact JSON as UTF-8 and a newline; a lone surrogate becomes its JSON escape."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_plain) + "\n"
-    return text.encode("utf-8", "backslashreplace")
+    return _json_bytes(data) + b"\n"
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON; what orjson refuses (lone surrogate escapes, NaN, huge integers) json reads."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def text_size(data: Any) -> int:
@@ -35,48 +57,50 @@ def text_size(data: Any) -> int:
     return 8
 
 
-def _string_pieces(pieces: Iterator[str] | tuple[str, ...]) -> Iterator[str]:
-    yield '"'
+def _string_pieces(pieces: tuple[str, ...]) -> Iterator[bytes]:
+    yield b'"'
     for piece in pieces:
-        for start in range(0, len(piece), CHUNK_CHARS):
-            yield json.dumps(piece[start:start + CHUNK_CHARS], ensure_ascii=False)[1:-1]
-    yield '"'
+        # orjson reserves ~16 bytes per character while it escapes: 16 Ki characters a call
+        # keep that near 256 KiB.
+        for start in range(0, len(piece), ENCODE_CHARS):
+            yield _json_bytes(piece[start:start + ENCODE_CHARS])[1:-1]
+    yield b'"'
 
 
-def _pieces(data: Any) -> Iterator[str]:
+def _pieces(data: Any) -> Iterator[bytes]:
     if isinstance(data, Text):
         yield from _string_pieces(data.pieces)
     elif isinstance(data, str) and len(data) > CHUNK_CHARS:
         yield from _string_pieces((data,))
     elif isinstance(data, dict):
-        yield "{"
+        yield b"{"
         for i, (key, value) in enumerate(data.items()):
-            yield ("," if i else "") + json.dumps(str(key), ensure_ascii=False) + ":"
+            yield (b"," if i else b"") + _json_bytes(str(key)) + b":"
             yield from _pieces(value)
-        yield "}"
+        yield b"}"
     elif isinstance(data, (list, tuple)):
-        yield "["
+        yield b"["
         for i, value in enumerate(data):
             if i:
-                yield ","
+                yield b","
             yield from _pieces(value)
-        yield "]"
+        yield b"]"
     else:
-        yield json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        yield _json_bytes(data)
 
 
 def iter_json(data: Any) -> Iterator[bytes]:
     """The JSON of data and a newline, in ~64 KiB pieces of UTF-8."""
-    batch: list[str] = []
+    batch: list[bytes] = []
     size = 0
     for piece in _pieces(data):
         batch.append(piece)
         size += len(piece)
         if size >= CHUNK_CHARS:
-            yield "".join(batch).encode("utf-8", "backslashreplace")
+            yield b"".join(batch)
             batch, size = [], 0
-    batch.append("\n")
-    yield "".join(batch).encode("utf-8", "backslashreplace")
+    batch.append(b"\n")
+    yield b"".join(batch)
 
 
 def is_large(data: Any) -> bool:

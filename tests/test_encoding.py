@@ -10,6 +10,8 @@ from kernelserver.encoding import dumps, encode, iter_json
 from kernelserver.execution import Execution, Text
 from kernelserver.history import History
 
+from conftest import ApiClient
+
 # Quotes, escapes, control characters, non-ASCII on both sides of a piece boundary, and a lone
 # surrogate (a cell can print one; it must come out as its JSON escape, not an error).
 AWKWARD = ['say "hi"\\n', "tab\there\x00\x1b", "é" * 300_000, "😀 end", "\ud800 lone"]
@@ -73,3 +75,27 @@ def test_history_stores_pieces_across_blob_boundaries(tmp_path: Path) -> None:
     assert stored is not None
     assert stored.stdout == "".join(AWKWARD[:4] * 3) and stored.stderr == "err"
     assert stored.result == {"text/plain": "2"} and stored.status == "ok"
+
+
+def test_lone_surrogates_cross_the_worker_hop_and_the_answer(papi: ApiClient) -> None:
+    # orjson refuses them; the json fallbacks on both sides must carry them, never a 500.
+    data = papi.run("display({'text/plain': 'a\\ud800b', 'n': 1}, raw=True)\n'c\\udfffd'")
+    assert data["status"] == "ok"
+    assert data["displays"] == [{"text/plain": "a\ud800b", "n": 1}]
+    assert data["result"] == {"text/plain": "'c\\udfffd'"}
+    response = papi.post("/execute", json={"code": "x = 1  # \ud800"})
+    assert response.status_code == 200 and response.get_json()["status"] in ("ok", "error")
+    papi.run("after = 1")
+    # History keeps the surrogate as its escape, and its writer lives on for the next cells.
+    codes = [e["code"] for e in papi.get("/env/history?id=default").get_json()["executions"]]
+    assert codes[-2:] == ["x = 1  # \\ud800", "after = 1"]
+
+
+def test_request_bodies_orjson_refuses_are_still_read(papi: ApiClient) -> None:
+    response = papi.post("/execute", data=b'{"code": "n = 2**70\\nn", "timeout": NaN}',
+                         content_type="application/json")
+    assert response.status_code == 400  # json reads NaN; the field check refuses it clearly
+    assert "timeout" in response.get_json()["error"]["message"]
+    response = papi.post("/execute", data=b'{"code": "1", "timeout": 100000000000000000000000}',
+                         content_type="application/json")
+    assert response.status_code == 400 and "timeout" in response.get_json()["error"]["message"]

@@ -11,6 +11,10 @@ import socket
 import struct
 from typing import Any
 
+import orjson
+
+from ..encoding import loads
+
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30
 
@@ -30,8 +34,11 @@ class ChannelClosed(EOFError):
 
 def encode(message: dict[str, Any]) -> bytes:
     """One framed message."""
-    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8",
-                                                                                   "surrogatepass")
+    try:
+        body = orjson.dumps(message)
+    except TypeError:  # lone surrogates (a cell's text may hold one) travel as they are
+        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass")
     return _HEADER.pack(len(body)) + body
 
 
@@ -56,7 +63,7 @@ def recv(sock: socket.socket) -> dict[str, Any]:
     (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
     if size > MAX_MESSAGE:
         raise ChannelClosed(f"message of {size} bytes is too large")
-    message: dict[str, Any] = json.loads(_recv_exact(sock, size))
+    message: dict[str, Any] = loads(_recv_exact(sock, size))
     return message
 
 
@@ -77,6 +84,6 @@ class FrameReader:
             end = _HEADER.size + size
             if len(self._buffer) < end:
                 break
-            messages.append(json.loads(bytes(self._buffer[_HEADER.size:end])))
+            messages.append(loads(bytes(self._buffer[_HEADER.size:end])))
             del self._buffer[:end]
         return messages
