@@ -30,6 +30,8 @@ from typing import Any
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
+from .allocator import release_large_blocks
+
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close
 LINGER_DRAIN_BYTES = 65536
 MAX_LINGERING = 1024  # beyond this, sockets are closed at once rather than held open
@@ -128,6 +130,7 @@ class ReadTimeoutWorker(ThreadWorker):
 
     def init_process(self) -> None:
         self.closer = Closer()
+        release_large_blocks()
         super().init_process()
 
     def notify(self) -> None:

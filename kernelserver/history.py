@@ -142,25 +142,33 @@ class History:
             if callable(item):  # a write, not a flush marker
                 self._urgent.wait(COALESCE_SECONDS)
             self._urgent.clear()
-            batch = [item]
-            while len(batch) < 1024 and not isinstance(batch[-1], threading.Event):
-                try:
-                    more = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._writes.put(None)
-                    break
-                batch.append(more)
-            writes = [w for w in batch if callable(w)]
-            if writes and not self._commit(conn, writes, quiet=True):
-                # One bad row must not lose the batch: retry them one by one.
-                for write in writes:
-                    self._commit(conn, [write])
-            for marker in batch:
-                if isinstance(marker, threading.Event):
-                    marker.set()
+            self._write_batch(conn, item)
+            # The loop keeps no reference to a batch while it waits for the next write: a
+            # batch holds executions' output. (item is the batch's first entry.)
+            del item
         conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection,
+                     first: Callable[[sqlite3.Connection], None] | threading.Event) -> None:
+        """Commit first and what is queued behind it up to a flush marker; set the markers."""
+        batch = [first]
+        while len(batch) < 1024 and not isinstance(batch[-1], threading.Event):
+            try:
+                more = self._writes.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self._writes.put(None)
+                break
+            batch.append(more)
+        writes = [w for w in batch if callable(w)]
+        if writes and not self._commit(conn, writes, quiet=True):
+            # One bad row must not lose the batch: retry them one by one.
+            for write in writes:
+                self._commit(conn, [write])
+        for marker in batch:
+            if isinstance(marker, threading.Event):
+                marker.set()
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, writes: list[Callable[[sqlite3.Connection], None]],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import tracemalloc
+import weakref
 from pathlib import Path
 
 from kernelserver.encoding import dumps, encode, iter_json
@@ -99,3 +101,19 @@ def test_request_bodies_orjson_refuses_are_still_read(papi: ApiClient) -> None:
     response = papi.post("/execute", data=b'{"code": "1", "timeout": 100000000000000000000000}',
                          content_type="application/json")
     assert response.status_code == 400 and "timeout" in response.get_json()["error"]["message"]
+
+
+def test_history_writer_keeps_no_output_once_stored(tmp_path: Path) -> None:
+    history = History(str(tmp_path))
+    try:
+        final = _finished(["x" * 100_000]).final
+        assert final is not None
+        stored = weakref.ref(final)
+        history.record_finished(final)
+        assert history.flush()
+        del final
+        gc.collect()
+        # An idle writer must not pin the last batch it wrote (up to 16 MiB an execution).
+        assert stored() is None
+    finally:
+        history.close()

@@ -182,6 +182,36 @@ def _peak_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_of_dropped_outputs_goes_back_to_the_system(server: LiveServer) -> None:
+    create(server, "noisy")
+    pid = _server_worker_pid(server)
+    post(server, "/execute", {"id": "noisy", "code": "print('warm')"})
+    before = _rss_mib(pid)
+    # Six 8 MiB outputs read in pieces of every size: four stay kept, then all go with the
+    # namespace. The server's memory must come back, not stay with the allocator.
+    code = ("import os, random\nfor i in range(1500):\n"
+            "    os.write(1, b'x' * random.randint(1, 65536))")
+    for _ in range(6):
+        assert post(server, "/execute", {"id": "noisy", "code": code}, timeout=120).json()["truncated"]
+    held = _rss_mib(pid) - before
+    post(server, "/env/delete", {"id": "noisy"})
+    # Reading history waits for its writer, which holds each output until it is stored.
+    history = requests.get(server.url + "/env/history", params={"id": "noisy"},
+                           headers=server.headers, timeout=30).json()
+    assert len(history["executions"]) == 7
+    returned = _rss_mib(pid) - before
+    assert held > 20, f"only {held:.1f} MiB held: the outputs were not kept"
+    assert returned < 6, f"{returned:.1f} MiB still held after the namespace was deleted"
+
+
 def test_hundred_megabytes_keeps_server_memory_bounded(server: LiveServer) -> None:
     create(server, "flood")
     pid = _server_worker_pid(server)
