@@ -310,7 +310,8 @@ def env_execution() -> Response:
             return _stream(found, False, None, replay=True)
         return _wait_answer(found, wait or 0.0)
     if stream:
-        return Response(dumps({"event": "result", **found.to_dict()}), mimetype="application/x-ndjson")
+        return Response(encode({"event": "result", **found.to_dict()}),
+                        mimetype="application/x-ndjson")
     return _json(found.to_dict())
 
 
