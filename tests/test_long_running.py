@@ -174,40 +174,33 @@ def _server_worker_pid(server: LiveServer) -> int:
     return direct[0]
 
 
-def _peak_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM), in MiB."""
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def test_memory_of_dropped_outputs_goes_back_to_the_system(server: LiveServer) -> None:
     create(server, "noisy")
     pid = _server_worker_pid(server)
     post(server, "/execute", {"id": "noisy", "code": "print('warm')"})
-    before = _rss_mib(pid)
+    before = _status_mib(pid, "VmRSS")
     # Six 8 MiB outputs read in pieces of every size: four stay kept, then all go with the
     # namespace. The server's memory must come back, not stay with the allocator.
     code = ("import os, random\nfor i in range(1500):\n"
             "    os.write(1, b'x' * random.randint(1, 65536))")
     for _ in range(6):
         assert post(server, "/execute", {"id": "noisy", "code": code}, timeout=120).json()["truncated"]
-    held = _rss_mib(pid) - before
+    held = _status_mib(pid, "VmRSS") - before
     post(server, "/env/delete", {"id": "noisy"})
     # Reading history waits for its writer, which holds each output until it is stored.
     history = requests.get(server.url + "/env/history", params={"id": "noisy"},
                            headers=server.headers, timeout=30).json()
     assert len(history["executions"]) == 7
-    returned = _rss_mib(pid) - before
+    returned = _status_mib(pid, "VmRSS") - before
     assert held > 20, f"only {held:.1f} MiB held: the outputs were not kept"
     assert returned < 6, f"{returned:.1f} MiB still held after the namespace was deleted"
 
@@ -216,10 +209,10 @@ def test_hundred_megabytes_keeps_server_memory_bounded(server: LiveServer) -> No
     create(server, "flood")
     pid = _server_worker_pid(server)
     post(server, "/execute", {"id": "flood", "code": "import sys\nsys.stdout.write('warm' * 1000)"})
-    before = _peak_mib(pid)
+    before = _status_mib(pid, "VmHWM")
     code = "import sys\nfor i in range(100):\n    sys.stdout.write(str(i % 10) * (1 << 20))"
     data = post(server, "/execute", {"id": "flood", "code": code}, timeout=120).json()
-    grown = _peak_mib(pid) - before
+    grown = _status_mib(pid, "VmHWM") - before
     cap_mib = 8
     assert data["truncated"] is True
     assert data["stdout"].startswith("0" * 1000) and data["stdout"].endswith("9" * 1000)

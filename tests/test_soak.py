@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kernelserver.backends.process import rss_bytes
 from kernelserver.client import Client, Namespace
 from kernelserver.results import ExecutionResult
 
@@ -36,11 +37,9 @@ HARD_TIMEOUT_EVERY = 250  # a cell that ignores SIGINT, so the worker is killed 
 
 def rss_kib(pid: int) -> int:
     """Resident set size of pid, in KiB."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    rss = rss_bytes(pid)
+    assert rss is not None, f"no VmRSS for {pid}"
+    return rss // 1024
 
 
 @dataclass

@@ -539,6 +539,7 @@ class _CellIO:
         for seq in sorted(self.displays):
             self.sink.add_display(self.displays.pop(seq))
 
+
 class ProcessBackend:
     """Makes ProcessKernels, all forked from one fork server owned by this backend."""
 
