@@ -26,6 +26,7 @@ from .errors import (
     BadRequest,
     HostNotAllowed,
     KernelServerError,
+    LimitExceeded,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -125,8 +126,8 @@ def field_int(data: Mapping[str, Any], name: str, default: int | None = None) ->
     value = data.get(name, default)
     if value is None:
         raise BadRequest(f"missing field {name!r}")
-    if isinstance(value, bool):
-        raise BadRequest(f"field {name!r} must be an integer")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadRequest(f"field {name!r} must be an integer, not {value!r}")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -134,6 +135,21 @@ def field_int(data: Mapping[str, Any], name: str, default: int | None = None) ->
     if not -(2**63) <= number < 2**63:  # SQLite's integers are 64-bit
         raise BadRequest(f"field {name!r} is out of range")
     return number
+
+
+def field_limit(data: Mapping[str, Any], name: str) -> int | None:
+    """An optional per-request size limit: 0 up to the server's setting of the same name."""
+    if data.get(name) in (None, ""):
+        return None
+    value = field_int(data, name)
+    ceiling = _state().config[name]
+    if value < 0:
+        raise BadRequest(f"field {name!r} must be 0 or more")
+    if value > ceiling:
+        raise LimitExceeded(f"{name} {value} is above this server's limit of {ceiling}; a request "
+                            f"may only lower it (the server's setting {name} raises it)",
+                            limit=name, max=ceiling)
+    return value
 
 
 def field_bool(data: Mapping[str, Any], name: str) -> bool:
@@ -289,9 +305,12 @@ def execute() -> Response:
     wait = field_float(data, "wait")
     stream = field_bool(data, "stream")
     cancel = field_bool(data, "cancel_on_disconnect")
+    output_cap = field_limit(data, "output_cap_bytes")
+    repr_limit = field_limit(data, "repr_limit_bytes")
     namespace = _state().registry.get_or_create_default(namespace_id)
     # A caller that waits for the end may run the cell on its own thread (see submit).
-    execution = namespace.submit(code, timeout, inline=wait is None and not stream)
+    execution = namespace.submit(code, timeout, inline=wait is None and not stream,
+                                 output_cap=output_cap, repr_limit=repr_limit)
     if stream:
         return _stream(execution, cancel, namespace)
     return _wait_answer(execution, wait)

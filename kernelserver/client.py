@@ -122,16 +122,22 @@ class Namespace:
         return f"Namespace({self.id!r} on {self.client.url})"
 
     def run(self, code: str, timeout: float | None = None, wait: float | None = None,
-            stream: bool = False) -> Any:
+            stream: bool = False, output_cap_bytes: int | None = None,
+            repr_limit_bytes: int | None = None) -> Any:
         """Run a cell; the result, or with stream=True an iterator of events.
 
         Without wait, blocks until the cell ends (long cells are long-polled, never cut off).
         With wait, returns after that many seconds at most; a result still running has
         status "running" or "queued": call .wait() on it, or ns.execution(n), later.
+        output_cap_bytes and repr_limit_bytes lower the server's limits for this cell.
         """
         body: dict[str, Any] = {"id": self.id, "code": code}
         if timeout is not None:
             body["timeout"] = timeout
+        if output_cap_bytes is not None:
+            body["output_cap_bytes"] = output_cap_bytes
+        if repr_limit_bytes is not None:
+            body["repr_limit_bytes"] = repr_limit_bytes
         if stream:
             body["stream"] = True
             return self._events(body)

@@ -84,8 +84,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_namespaces", 32, int, "Most namespaces alive at once; past it /env/create gets 429."),
     Setting("max_queued", 64, int, "Most executions waiting in one namespace's queue; past it 429."),
     Setting("output_cap_bytes", 8 * MIB, int, "Output kept per stream per execution; head and tail "
-            "are kept around a marker."),
-    Setting("repr_limit_bytes", 1 * MIB, int, "Longest repr kept for a result or display."),
+            "are kept around a marker and `truncated` is true. A request may ask for less; more gets "
+            "400 `limit_exceeded`."),
+    Setting("repr_limit_bytes", 1 * MIB, int, "Longest repr kept for a result or display: longer "
+            "text is cut with a marker, a longer image or JSON value dropped with a note, and "
+            "`truncated` is true. A request may ask for less; more gets 400 `limit_exceeded`."),
     Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
             "interrupt before its worker is killed."),
     Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),

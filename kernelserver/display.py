@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import io
 import json
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Where display() and matplotlib's show() publish, for the cell running in this context.
@@ -27,22 +28,78 @@ REPR_METHODS: tuple[tuple[str, str], ...] = (
 )
 BINARY_TYPES = frozenset({"image/png", "image/jpeg"})
 
+# What the repr limit cut in the cell running in this context (None outside a cell): the cell's
+# result then says truncated, as it does for output dropped past the output cap.
+_cuts: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("kernelserver_cuts",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def recording_cuts() -> Iterator[list[str]]:
+    """Collect, into the list yielded, a note of each value the repr limit cuts in this block."""
+    cuts: list[str] = []
+    token = _cuts.set(cuts)
+    try:
+        yield cuts
+    finally:
+        _cuts.reset(token)
+
+
+def _note_cut(what: str) -> None:
+    cuts = _cuts.get()
+    if cuts is not None:
+        cuts.append(what)
+
 
 def truncate_text(text: str, limit: int) -> str:
     """Cut text longer than limit characters, with a marker saying how much was dropped."""
     if len(text) <= limit:
         return text
     dropped = len(text) - limit
+    _note_cut("text")
     return text[:limit] + f"\n…[kernelserver: {dropped} more characters truncated]"
+
+
+def bound_bundle(bundle: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The bundle with text cut to limit characters and any other value longer than limit dropped.
+
+    Images and JSON cannot be cut and stay valid, so one over the limit is replaced by a note in
+    text/plain; the bundle always keeps a text/plain.
+    """
+    bounded: dict[str, Any] = {}
+    notes: list[str] = []
+    for mime, value in bundle.items():
+        mime = str(mime)
+        if isinstance(value, str) and mime not in BINARY_TYPES:
+            bounded[mime] = truncate_text(value, limit)
+            continue
+        try:
+            size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        except (TypeError, ValueError) as exc:
+            notes.append(f"[kernelserver: {mime} dropped: not JSON ({exc})]")
+            continue
+        if size > limit:
+            _note_cut(mime)
+            notes.append(f"[kernelserver: {mime} of {size} characters dropped: over the repr "
+                         f"limit of {limit}]")
+            continue
+        bounded[mime] = value
+    if notes:
+        plain = bounded.get("text/plain")
+        bounded["text/plain"] = "\n".join(([plain] if plain else []) + notes)
+    return bounded
+
+
+def _plain_repr(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except BaseException as exc:  # noqa: BLE001 - a user's __repr__ may raise anything
+        return f"<{type(obj).__name__} object: repr failed: {type(exc).__name__}: {exc}>"
 
 
 def safe_repr(obj: Any, limit: int) -> str:
     """repr() that never raises and never returns more than about limit characters."""
-    try:
-        text = repr(obj)
-    except BaseException as exc:  # noqa: BLE001 - a user's __repr__ may raise anything
-        text = f"<{type(obj).__name__} object: repr failed: {type(exc).__name__}: {exc}>"
-    return truncate_text(text, limit)
+    return truncate_text(_plain_repr(obj), limit)
 
 
 def _warn(message: str) -> None:
@@ -50,7 +107,8 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _encode(mime: str, value: Any, limit: int) -> Any:
+def _encode(mime: str, value: Any) -> Any:
+    """value in the form it travels in as JSON; bound_bundle applies the limit after."""
     if mime in BINARY_TYPES:
         if isinstance(value, str):
             return value  # already base64, as IPython allows
@@ -62,7 +120,7 @@ def _encode(mime: str, value: Any, limit: int) -> Any:
         return value
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {type(value).__name__}")
-    return truncate_text(value, limit)
+    return value
 
 
 def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
@@ -82,7 +140,7 @@ def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
             if isinstance(data, tuple):
                 data = data[0]
             for mime, value in (data or {}).items():
-                bundle[str(mime)] = _encode(str(mime), value, limit)
+                bundle[str(mime)] = _encode(str(mime), value)
         except Exception as exc:
             _warn(f"kernelserver: {type_name}._repr_mimebundle_ failed: {type(exc).__name__}: {exc}")
     for name, mime in REPR_METHODS:
@@ -96,12 +154,12 @@ def mimebundle(obj: Any, limit: int = 1024 * 1024) -> dict[str, Any]:
             if isinstance(value, tuple):  # (data, metadata) form
                 value = value[0]
             if value is not None:
-                bundle[mime] = _encode(mime, value, limit)
+                bundle[mime] = _encode(mime, value)
         except Exception as exc:
             _warn(f"kernelserver: {type_name}.{name} failed: {type(exc).__name__}: {exc}")
     if "text/plain" not in bundle:
-        bundle["text/plain"] = safe_repr(obj, limit)
-    return bundle
+        bundle["text/plain"] = _plain_repr(obj)
+    return bound_bundle(bundle, limit)
 
 
 def _figure_png(obj: Any) -> str | None:

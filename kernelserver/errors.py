@@ -79,6 +79,12 @@ class MethodNotAllowed(KernelServerError):
     code = "method_not_allowed"
 
 
+class LimitExceeded(BadRequest):
+    """A request asked for more than a server limit allows (it may ask for less)."""
+
+    code = "limit_exceeded"
+
+
 class RequestTimeout(KernelServerError):
     """The client stopped sending its request body."""
 

@@ -86,10 +86,11 @@ SLICE_AFTER = 1 << 16  # characters dropped from the oldest kept piece before it
 
 
 class OutputBuffer:
-    """Keeps the first and last cap/2 characters of a stream and counts what fell out between."""
+    """Keeps the first and last half of cap characters of a stream and counts what fell out between."""
 
     def __init__(self, cap: int) -> None:
-        self.half = max(cap // 2, 1)
+        self.tail_cap = max(cap, 0) // 2
+        self.head_cap = max(cap, 0) - self.tail_cap
         self._head: list[str] = []
         self._head_size = 0
         self._tail: deque[str] = deque()
@@ -101,7 +102,7 @@ class OutputBuffer:
     def write(self, text: str) -> None:
         """Append text, dropping from the middle once the cap is reached."""
         self.total += len(text)
-        room = self.half - self._head_size
+        room = self.head_cap - self._head_size
         if room > 0:
             self._append(self._head, text[:room])
             self._head_size += min(room, len(text))
@@ -110,8 +111,8 @@ class OutputBuffer:
             return
         self._append(self._tail, text)
         self._tail_size += len(text)
-        while self._tail_size - self._skip > self.half:
-            excess = self._tail_size - self._skip - self.half
+        while self._tail_size - self._skip > self.tail_cap:
+            excess = self._tail_size - self._skip - self.tail_cap
             first = self._tail[0]
             if len(first) - self._skip <= excess:
                 self._tail.popleft()
@@ -150,7 +151,7 @@ class OutputBuffer:
             return [*self._head, *tail]
         marker = (
             f"\n[kernelserver: output truncated: {self.dropped} characters dropped here; "
-            f"{self.total} in all, the first and last {self.half} kept]\n"
+            f"{self.total} in all, the first {self.head_cap} and last {self.tail_cap} kept]\n"
         )
         return [*self._head, marker, *tail]
 
@@ -171,11 +172,12 @@ class Execution:
     """One submitted cell, from queued to finished; the output sink backends write to."""
 
     def __init__(self, namespace_id: str, execution_count: int, code: str, output_cap: int,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, repr_limit: int | None = None) -> None:
         self.id = namespace_id
         self.execution_count = execution_count
         self.code = code
         self.timeout = timeout
+        self.repr_limit = repr_limit  # None: the server's
         self.status = "queued"
         self.stdout = OutputBuffer(output_cap)
         self.stderr = OutputBuffer(output_cap)
@@ -183,6 +185,7 @@ class Execution:
         self.result: dict[str, Any] | None = None
         self.error: ErrorInfo | None = None
         self.restarted = False
+        self.repr_cut = False  # the repr limit cut the result or a display
         self.submitted_at = utcnow_iso()
         self.started_at: str | None = None
         self._t0: float | None = None
@@ -239,7 +242,8 @@ class Execution:
             self._cond.notify_all()
 
     def finish(self, status: str, result: dict[str, Any] | None = None,
-               error: ErrorInfo | None = None, restarted: bool = False) -> None:
+               error: ErrorInfo | None = None, restarted: bool = False,
+               repr_cut: bool = False) -> None:
         """Record the outcome and wake every waiter and listener."""
         with self._cond:
             if self.status in FINISHED:
@@ -250,6 +254,7 @@ class Execution:
             self.result = result
             self.error = error
             self.restarted = restarted
+            self.repr_cut = repr_cut
             # The pieces move into the final record: joining them would hold the text twice.
             self._final = Finished(self._result("", ""), self.stdout.take(), self.stderr.take())
             listeners = list(self._listeners)
@@ -282,7 +287,7 @@ class Execution:
             result=self.result,
             displays=tuple(self.displays),
             error=self.error,
-            truncated=self.stdout.truncated or self.stderr.truncated,
+            truncated=self.stdout.truncated or self.stderr.truncated or self.repr_cut,
             restarted=self.restarted,
             started_at=self.started_at,
             duration_ms=self.duration_ms,

@@ -11,10 +11,18 @@ import os
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .display import current_publisher, describe_variable, flush_figures, is_user_variable, mimebundle
+from .display import (
+    bound_bundle,
+    current_publisher,
+    describe_variable,
+    flush_figures,
+    is_user_variable,
+    mimebundle,
+    recording_cuts,
+)
 from .results import ErrorInfo
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +44,7 @@ class CellOutcome:
     status: str
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None
+    truncated: bool = False  # the repr limit cut the result or a display
 
 
 def cell_filename(execution_count: int) -> str:
@@ -96,6 +105,7 @@ class Executor:
     ) -> None:
         self.namespace: dict[str, Any] = namespace if namespace is not None else {}
         self.repr_limit = repr_limit
+        self.truncated = False  # whether the repr limit cut anything in the last cell
         self.on_display = on_display or (lambda bundle: None)
         self._loop: asyncio.AbstractEventLoop | None = None
         user_builtins = dict(vars(builtins))
@@ -109,7 +119,7 @@ class Executor:
         raw = kwargs.get("raw", False)
         for obj in objs:
             if raw and isinstance(obj, dict):
-                self.on_display(dict(obj))
+                self.on_display(bound_bundle(obj, self.repr_limit))
             else:
                 self.on_display(mimebundle(obj, self.repr_limit))
 
@@ -144,8 +154,11 @@ class Executor:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(whole_cell())
 
-    def run(self, source: str, execution_count: int) -> CellOutcome:
-        """Compile and run one cell; user errors come back as data, never raised."""
+    def run(self, source: str, execution_count: int, repr_limit: int | None = None) -> CellOutcome:
+        """Compile and run one cell; user errors come back as data, never raised.
+
+        repr_limit, when given, replaces the namespace's own for this cell only.
+        """
         filename = cell_filename(execution_count)
         lines = source.splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):
@@ -153,10 +166,21 @@ class Executor:
         # mtime None keeps linecache.checkcache() from evicting the entry.
         linecache.cache[filename] = (len(source), None, lines, filename)
         token = current_publisher.set(self.on_display)
+        own_limit = self.repr_limit
+        if repr_limit is not None:
+            self.repr_limit = repr_limit
+        self.truncated = False
         try:
-            return self._run(source, filename)
+            with recording_cuts() as cuts:
+                try:
+                    outcome = self._run(source, filename)
+                finally:
+                    # Also read when an interrupt escapes the cell, so the worker can report it.
+                    self.truncated = bool(cuts)
+            return replace(outcome, truncated=self.truncated) if self.truncated else outcome
         finally:
             current_publisher.reset(token)
+            self.repr_limit = own_limit
 
     def _run(self, source: str, filename: str) -> CellOutcome:
         try:

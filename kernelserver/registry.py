@@ -73,8 +73,11 @@ class Namespace:
         """The number of the latest submitted execution (0 before any)."""
         return self._next_count - 1
 
-    def submit(self, code: str, timeout: float | None, inline: bool = False) -> Execution:
+    def submit(self, code: str, timeout: float | None, inline: bool = False,
+               output_cap: int | None = None, repr_limit: int | None = None) -> Execution:
         """Queue a cell; it runs after every cell submitted before it.
+
+        output_cap and repr_limit, when given, replace the server's limits for this cell.
 
         With inline, a cell submitted to an idle namespace runs in the calling thread, which
         returns once it has finished: a caller that waits for the end anyway saves two thread
@@ -88,8 +91,8 @@ class Namespace:
                     f"namespace {self.id!r} already has {self.config['max_queued']} executions "
                     "queued; wait for them or interrupt"
                 )
-            execution = Execution(self.id, self._next_count, code,
-                                  self.config["output_cap_bytes"], timeout)
+            cap = self.config["output_cap_bytes"] if output_cap is None else output_cap
+            execution = Execution(self.id, self._next_count, code, cap, timeout, repr_limit)
             self._next_count += 1
             self._executions[execution.execution_count] = execution
             self._forget_old()
@@ -141,8 +144,9 @@ class Namespace:
                 execution.start()
                 try:
                     outcome = self.kernel.execute(execution.code, execution.execution_count,
-                                                  execution, execution.timeout)
-                    execution.finish(outcome.status, outcome.result, outcome.error, outcome.restarted)
+                                                  execution, execution.timeout, execution.repr_limit)
+                    execution.finish(outcome.status, outcome.result, outcome.error, outcome.restarted,
+                                     outcome.truncated)
                 except Exception as exc:  # a backend bug must not kill the runner
                     execution.finish("error", error=ErrorInfo(
                         "KernelServerError", f"internal error running the cell: {exc}", ""))

@@ -112,7 +112,7 @@ class ServerState:
     def limits(self) -> dict[str, Any]:
         """The limits a client cares about."""
         keys = ("max_body_bytes", "max_namespaces", "max_queued", "output_cap_bytes",
-                "repr_limit_bytes", "interrupt_grace")
+                "repr_limit_bytes", "interrupt_grace", "request_read_timeout")
         return {key: self.config[key] for key in keys}
 
     def probe(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from kernelserver import Client
-from kernelserver.errors import CellError, ConnectionFailed, NamespaceNotFound, Unauthorized
+from kernelserver.errors import CellError, ConnectionFailed, LimitExceeded, NamespaceNotFound, Unauthorized
 
 from conftest import TOKEN, LiveServer, free_port, pid_alive, process_tree, start_server, wait_until
 
@@ -70,6 +70,18 @@ def test_client_against_real_server(live_server: LiveServer) -> None:
     with Client(f"http://127.0.0.1:{free_port()}", "x", timeout=2) as gone, \
             pytest.raises(ConnectionFailed, match="cannot reach"):
         gone.health()
+
+
+def test_client_lowers_limits_per_cell_and_gets_a_clear_error_above_them(live_server: LiveServer) -> None:
+    with Client(live_server.url, live_server.token) as client:
+        ns = client.namespace("limits")
+        cut = ns.run("print('a' * 100)\n'b' * 100", output_cap_bytes=10, repr_limit_bytes=10)
+        assert cut.truncated and cut.stdout.startswith("aaaaa\n[kernelserver: output truncated")
+        assert cut.result is not None and cut.result["text/plain"].startswith("'bbbbbbbbb\n")
+        with pytest.raises(LimitExceeded, match="above this server's limit") as caught:
+            ns.run("1", output_cap_bytes=10**12)
+        assert caught.value.details == {"limit": "output_cap_bytes", "max": 8 * 1024 * 1024}
+        assert ns.run("'b' * 100").result == {"text/plain": repr("b" * 100)}
 
 
 def test_client_long_cell_with_wait_and_result_wait(live_server: LiveServer) -> None:

@@ -29,6 +29,7 @@ class KernelOutcome:
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     restarted: bool = False
+    truncated: bool = False  # the repr limit cut the result or a display
 
 
 def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_after: float | None = None
@@ -56,8 +57,11 @@ class Kernel(Protocol):
     runs_inline: bool
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None) -> KernelOutcome:
-        """Run a cell to completion (or timeout), streaming its output into sink."""
+                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
+        """Run a cell to completion (or timeout), streaming its output into sink.
+
+        repr_limit, when given, replaces the server's repr limit for this cell.
+        """
 
     def interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the running cell; False when nothing is running."""

@@ -95,7 +95,7 @@ class InProcessKernel:
             self._sink.add_display(bundle)
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None) -> KernelOutcome:
+                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
         """Run the cell on this thread with its output routed to sink."""
         self._sink = sink
         token = _route.set((sink.write_stdout, sink.write_stderr))
@@ -112,7 +112,7 @@ class InProcessKernel:
             timer.daemon = True
             timer.start()
         try:
-            outcome = self._executor.run(code, execution_count)
+            outcome = self._executor.run(code, execution_count, repr_limit)
         except KeyboardInterrupt:
             # The injected interrupt landed just outside the cell's own try block.
             outcome = None
@@ -123,11 +123,14 @@ class InProcessKernel:
                 timer.cancel()
             _route.reset(token)
             self._sink = None
+        truncated = self._executor.truncated
         if timed_out.is_set() and (outcome is None or outcome.status in ("interrupted", "ok")):
-            return KernelOutcome("timeout", error=timeout_error(timeout, outcome.error if outcome else None))
+            return KernelOutcome("timeout", error=timeout_error(timeout, outcome.error if outcome else None),
+                                 truncated=truncated)
         if outcome is None:
-            return KernelOutcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""))
-        return KernelOutcome(outcome.status, outcome.result, outcome.error)
+            return KernelOutcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
+                                 truncated=truncated)
+        return KernelOutcome(outcome.status, outcome.result, outcome.error, truncated=truncated)
 
     def interrupt(self) -> bool:
         """Inject KeyboardInterrupt into the running cell's thread."""

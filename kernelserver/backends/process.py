@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..errors import NamespaceUnavailable
@@ -341,7 +342,7 @@ class ProcessKernel:
     # -- execution --
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None) -> KernelOutcome:
+                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
         """Run a cell in the worker, forwarding its output as it comes; handles timeout and death."""
         worker = self._worker
         if worker is None or self._closing:
@@ -356,13 +357,13 @@ class ProcessKernel:
                 raise NamespaceUnavailable("the namespace is shutting down")
         self._busy = True
         try:
-            outcome = self._run(worker, code, execution_count, sink, timeout)
+            outcome = self._run(worker, code, execution_count, sink, timeout, repr_limit)
         finally:
             self._busy = False
             if worker is not self._worker:
                 worker.close()
         if restarted_before and not outcome.restarted:
-            outcome = KernelOutcome(outcome.status, outcome.result, outcome.error, True)
+            outcome = replace(outcome, restarted=True)
         return outcome
 
     def _replace_dead(self, worker: Worker) -> None:
@@ -372,15 +373,17 @@ class ProcessKernel:
                 self._worker = self._spawn()
 
     def _run(self, worker: Worker, code: str, execution_count: int, sink: OutputSink,
-             timeout: float | None) -> KernelOutcome:
+             timeout: float | None, repr_limit: int | None) -> KernelOutcome:
         io = _CellIO(worker, sink)
         for stream in (worker.stdout, worker.stderr):
             early = stream.reset()
             if early:
                 io.emit(stream, stream.feed(early))
+        message: dict[str, Any] = {"op": "execute", "code": code, "execution_count": execution_count}
+        if repr_limit is not None:
+            message["repr_limit"] = repr_limit
         try:
-            worker.ctl.sendall(protocol.encode(
-                {"op": "execute", "code": code, "execution_count": execution_count}))
+            worker.ctl.sendall(protocol.encode(message))
         except OSError:
             return self._died(worker, io, timed_out=False)
         deadline = time.monotonic() + timeout if timeout is not None else None
@@ -418,9 +421,10 @@ class ProcessKernel:
         io.flush_displays()
         reply = io.reply
         error = ErrorInfo.from_dict(reply["error"]) if reply.get("error") else None
+        truncated = bool(reply.get("truncated"))
         if timed_out and reply["status"] in ("interrupted", "ok"):
-            return KernelOutcome("timeout", error=timeout_error(timeout, error))
-        return KernelOutcome(reply["status"], reply.get("result"), error)
+            return KernelOutcome("timeout", error=timeout_error(timeout, error), truncated=truncated)
+        return KernelOutcome(reply["status"], reply.get("result"), error, truncated=truncated)
 
     def _died(self, worker: Worker, io: _CellIO, timed_out: bool,
               timeout: float | None = None) -> KernelOutcome:

@@ -201,7 +201,8 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         outcome: Any = None
         try:
             interruptible.running = True
-            outcome = executor.run(message["code"], int(message["execution_count"]))
+            outcome = executor.run(message["code"], int(message["execution_count"]),
+                                   message.get("repr_limit"))
             interruptible.running = False
         except KeyboardInterrupt:
             interruptible.running = False
@@ -213,7 +214,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         if not drained:
             os.write(out_pipe, protocol.marker(prefix, b"END"))
             os.write(err_pipe, protocol.marker(prefix, b"END"))
-        reply: dict[str, Any] = {"op": "result", "drained": drained}
+        reply: dict[str, Any] = {"op": "result", "drained": drained, "truncated": executor.truncated}
         if outcome is None:
             reply.update(status="interrupted", result=None, error={
                 "ename": "KeyboardInterrupt", "evalue": "", "traceback": ""})
