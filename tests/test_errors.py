@@ -35,32 +35,11 @@ def client(make_app: Callable[..., Flask]) -> Any:
     return make_app(backend="inprocess").test_client()
 
 
+# Every route's bad input is walked in test_bad_input.py, generated from the OpenAPI document;
+# these are the answers that walk does not reach.
 ERROR_CASES = [
     ("GET", "/nowhere", {}, 404, "not_found"),
-    ("GET", "/execute", {}, 405, "method_not_allowed"),
-    ("DELETE", "/env/create", {}, 405, "method_not_allowed"),
-    ("POST", "/env/create", {"data": "{not json", "content_type": "application/json"}, 400,
-     "bad_request"),
-    ("POST", "/env/create", {"json": ["a", "list"]}, 400, "bad_request"),
-    ("POST", "/env/create", {"json": {}}, 400, "bad_request"),
-    ("POST", "/env/create", {"json": {"id": 5}}, 400, "bad_request"),
-    ("POST", "/env/create", {"data": b"id=x", "content_type": "text/plain"}, 415,
-     "unsupported_media_type"),
-    ("POST", "/execute", {"json": {"id": "default"}}, 400, "bad_request"),
-    ("POST", "/execute", {"json": {"code": "1", "timeout": "soon"}}, 400, "bad_request"),
-    ("POST", "/execute", {"json": {"code": "1", "timeout": -1}}, 400, "bad_request"),
-    ("POST", "/execute", {"json": {"code": "1", "stream": "maybe"}}, 400, "bad_request"),
-    ("POST", "/execute", {"json": {"code": ["1"]}}, 400, "bad_request"),
-    ("POST", "/execute", {"json": {"id": "ghost", "code": "1"}}, 404, "namespace_not_found"),
-    ("POST", "/env/delete", {"json": {"id": "ghost"}}, 404, "namespace_not_found"),
-    ("POST", "/env/get", {"json": {"id": "ghost"}}, 404, "namespace_not_found"),
-    ("POST", "/env/interrupt", {"json": {"id": "ghost"}}, 404, "namespace_not_found"),
-    ("POST", "/env/restart", {"json": {"id": "ghost"}}, 404, "namespace_not_found"),
-    ("GET", "/env/execution?id=ghost&n=1", {}, 404, "namespace_not_found"),
-    ("GET", "/env/execution?id=ghost", {}, 400, "bad_request"),
-    ("GET", "/env/execution?id=ghost&n=x", {}, 400, "bad_request"),
-    ("GET", "/env/history?id=ghost", {}, 404, "namespace_not_found"),
-    ("GET", "/env/history?id=default&limit=0", {}, 400, "bad_request"),
+    ("POST", "/nowhere", {"json": {"id": "x"}}, 404, "not_found"),
     # Found by schemathesis: a 2**65 limit overflowed SQLite and answered 500.
     ("GET", "/env/history?id=default&limit=36893488147419103231", {}, 400, "bad_request"),
     ("GET", "/env/execution?id=default&n=-36893488147419103231", {}, 400, "bad_request"),

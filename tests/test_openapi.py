@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from flask import Flask
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from conftest import AUTH, start_server
-
-SPEC: dict[str, Any] = json.loads(files("kernelserver").joinpath("openapi.json").read_text())
-REGISTRY = Registry().with_resource("urn:spec", Resource.from_contents(SPEC, DRAFT202012))
-
-
-def check(response: Any, path: str, method: str) -> None:
-    """Validate one real answer against the document's schema for its status."""
-    status = str(response.status_code)
-    operation = SPEC["paths"][path][method.lower()]
-    assert status in operation["responses"], f"{method} {path} answered undocumented {status}"
-    content = operation["responses"][status].get("content", {})
-    if response.mimetype == "application/x-ndjson":
-        assert "application/x-ndjson" in content
-        return
-    schema = content["application/json"]["schema"]
-    if "$ref" in schema:
-        schema = {"$ref": "urn:spec" + schema["$ref"]}
-    validator = jsonschema.Draft202012Validator(schema, registry=REGISTRY)
-    errors = sorted(validator.iter_errors(response.get_json()), key=str)
-    assert not errors, f"{method} {path} {status}: {errors[0].message}"
+from spec import SPEC, check
 
 
 def test_document_is_served_without_a_token(make_app: Callable[..., Flask]) -> None:
