@@ -15,10 +15,20 @@ Two holes in the stock worker, both closed here:
 - gunicorn ignores an app's `Connection: close`, and before reusing a connection drains any body
   the app left unread, for up to 5 s on a thread. kernelserver closes connections whose request it
   refused, and the worker now honours that.
+- Even with a header deadline, a client that sends part of its headers holds a thread until the
+  deadline, so `threads` such connections, renewed, starve the server without a token
+  (slowloris). Request headers are now read on the event loop, which waits on any number of
+  sockets at once; a connection reaches a thread only with its whole header block in hand. (Not
+  with TLS, whose handshake gunicorn does on the thread: there the deadline is the bound, and a
+  TLS-terminating proxy in front is the remedy.)
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import io
+import json
 import queue
 import selectors
 import socket
@@ -35,6 +45,16 @@ from .allocator import release_large_blocks
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close
 LINGER_DRAIN_BYTES = 65536
 MAX_LINGERING = 1024  # beyond this, sockets are closed at once rather than held open
+MAX_HEAD_BYTES = 64 * 1024  # a request's header block; nginx's default allows 32 KiB
+HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+READ_CHUNK = 65536
+
+
+def _too_large_answer() -> bytes:
+    body = json.dumps({"error": {"code": "headers_too_large", "message": (
+        f"the request's headers are larger than {MAX_HEAD_BYTES} bytes")}}).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
 
 class Closer:
@@ -130,8 +150,94 @@ class ReadTimeoutWorker(ThreadWorker):
 
     def init_process(self) -> None:
         self.closer = Closer()
+        # Connections whose request headers are arriving, read on the event loop: deadline each,
+        # and the same in arrival order (deadlines only grow) so expiry looks at the oldest only.
+        self.heading: dict[Any, float] = {}
+        self.heading_order: collections.deque[tuple[float, Any]] = collections.deque()
         release_large_blocks()
         super().init_process()
+
+    # -- request headers, read on the event loop --
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand conn to a thread once its next request's header block is in."""
+        if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+            super().enqueue_req(conn)
+            return
+        head = bytearray()
+        if conn.parser is not None:
+            # Bytes already read past the last request (pipelined) are the start of this one.
+            unreader = conn.parser.unreader
+            head += unreader.buf.getvalue()
+            unreader.buf = io.BytesIO()
+        conn.head = head
+        conn.sock.setblocking(False)
+        deadline = time.monotonic() + self.read_timeout
+        self.heading[conn] = deadline
+        self.heading_order.append((deadline, conn))
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             functools.partial(self._on_head_readable, conn))
+        if head:
+            self._check_head(conn)
+        else:
+            self._on_head_readable(conn, conn.sock)  # often in already: no turn of the loop
+
+    def _on_head_readable(self, conn: Any, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before sending a whole request
+            self._stop_heading(conn)
+            self.nr_conns -= 1
+            _close(conn.sock)
+            return
+        conn.head += data
+        self._check_head(conn)
+
+    def _check_head(self, conn: Any) -> None:
+        head = conn.head
+        # Empty lines before a request line are allowed (RFC 9112 section 2.2).
+        start = len(head) - len(head.lstrip(b"\r\n"))
+        if any(end in head[start:] for end in HEAD_ENDS):
+            self._stop_heading(conn)
+            conn.pending_head = bytes(head)
+            conn.data_ready = True  # gunicorn 27 would otherwise wait for data on the thread
+            conn.sock.setblocking(True)
+            super().enqueue_req(conn)
+        elif len(head) > MAX_HEAD_BYTES:
+            self._stop_heading(conn)
+            self.nr_conns -= 1
+            try:
+                conn.sock.send(_too_large_answer())
+            except OSError:
+                pass
+            self.closer.close(conn.sock)
+
+    def _stop_heading(self, conn: Any) -> None:
+        del self.heading[conn]
+        conn.head = None
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def murder_pending(self) -> None:
+        """Also close connections whose headers did not arrive in time (all of them when stopping)."""
+        super().murder_pending()
+        now = time.monotonic()
+        order = self.heading_order
+        while order and (order[0][0] <= now or not self.alive):
+            deadline, conn = order.popleft()
+            if self.heading.get(conn) != deadline:
+                continue  # dispatched or closed since; a later request may be heading again
+            # Closed quietly, as a client that went away: a log line per stalled connection
+            # would let anyone fill the server's log.
+            self._stop_heading(conn)
+            self.nr_conns -= 1
+            _close(conn.sock)
 
     def notify(self) -> None:
         # The heartbeat, a utime() on a temp file at every turn of the event loop (~10% of a
@@ -161,6 +267,13 @@ class ReadTimeoutWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         if not getattr(conn, "kernelserver_patched", False):
             self._patch(conn)
+        head = getattr(conn, "pending_head", None)
+        if head is not None:
+            # The header block read on the event loop goes back in front of the parser.
+            conn.pending_head = None
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(head)
         # The whole header block must arrive within one read timeout: a per-read timeout alone
         # lets a client trickle a byte at a time and hold the thread forever, without a token.
         conn.header_deadline = time.monotonic() + self.read_timeout

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 try:
@@ -39,7 +40,7 @@ def _conda_dependencies() -> tuple[dict[str, str], list[str], str]:
         if name == "python":
             python = spec
         elif name != "pip":
-            conda[canonicalize_name(name)] = spec
+            conda[canonicalize_name(name)] = str(SpecifierSet(spec))  # in packaging's order
     return conda, pip, python
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -92,6 +93,74 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
         assert time.monotonic() - started < 1
     finally:
         server.stop()
+
+
+def _timed_health_and_execute(server: LiveServer) -> tuple[float, float]:
+    started = time.monotonic()
+    assert requests.get(server.url + "/health", timeout=30).json() == {"status": "ok"}
+    health_s = time.monotonic() - started
+    started = time.monotonic()
+    result = requests.post(server.url + "/execute", json={"code": "1 + 1"}, headers=server.headers,
+                           timeout=30).json()
+    assert result["result"] == {"text/plain": "2"}
+    return health_s, time.monotonic() - started
+
+
+def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_path: Path) -> None:
+    # Slowloris: without a token, connections that send part of their headers, or nothing, and
+    # hold. A thread per such connection (until its deadline) let `threads` of them starve the
+    # server for 15 s at a time; headers are now read on the event loop, so none holds a thread.
+    server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
+    held = []
+    try:
+        for i in range(120):
+            sock = _connect(server)
+            if i % 3 == 0:
+                sock.sendall(b"POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Ty")
+            elif i % 3 == 1:
+                sock.sendall(b"GET /health HTTP/1.1\r\n")
+            held.append(sock)  # the third kind sends nothing at all
+        time.sleep(0.5)
+        timings = [_timed_health_and_execute(server) for _ in range(3)]
+        print(f"\n120 stalled connections, 4 threads: /health and execute took {timings} s")
+        assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+    assert "Traceback" not in server.output()
+
+
+def test_headers_past_the_limit_get_431_and_a_close(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        with _connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+            for _ in range(70):
+                sock.sendall(b"X-Pad: " + b"p" * 1000 + b"\r\n")
+            answer, _ = _read_until_closed(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431") and b"Connection: close" in head
+        assert json.loads(body)["error"]["code"] == "headers_too_large"
+        assert requests.get(server.url + "/health", timeout=10).ok
+    finally:
+        server.stop()
+
+
+def test_pipelined_requests_and_bodies_sent_with_their_headers_are_answered(live_server: LiveServer) -> None:
+    body = json.dumps({"code": "print('piped')"}).encode()
+    post = (b"POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + live_server.token.encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    health = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    last = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    with _connect(live_server) as sock:
+        sock.sendall(b"\r\n" + health + post + health[:10])  # the last one split mid-line
+        time.sleep(0.2)
+        sock.sendall(health[10:] + last)
+        answer, _ = _read_until_closed(sock)
+    assert answer.count(b"HTTP/1.1 200 OK") == 4, answer
+    assert b'"stdout":"piped\\n"' in answer
 
 
 def test_trickled_headers_are_cut_off_at_the_read_timeout_quietly(tmp_path: Path) -> None:
