@@ -25,7 +25,6 @@ Two holes in the stock worker, both closed here:
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
 import json
@@ -150,10 +149,10 @@ class ReadTimeoutWorker(ThreadWorker):
 
     def init_process(self) -> None:
         self.closer = Closer()
-        # Connections whose request headers are arriving, read on the event loop: deadline each,
-        # and the same in arrival order (deadlines only grow) so expiry looks at the oldest only.
+        # Connections whose request headers are arriving, read on the event loop, with their
+        # deadlines. Insertion order is deadline order (each is now + the same timeout, and a
+        # connection leaves before it comes back), so expiry looks only at the oldest.
         self.heading: dict[Any, float] = {}
-        self.heading_order: collections.deque[tuple[float, Any]] = collections.deque()
         release_large_blocks()
         super().init_process()
 
@@ -172,9 +171,7 @@ class ReadTimeoutWorker(ThreadWorker):
             unreader.buf = io.BytesIO()
         conn.head = head
         conn.sock.setblocking(False)
-        deadline = time.monotonic() + self.read_timeout
-        self.heading[conn] = deadline
-        self.heading_order.append((deadline, conn))
+        self.heading[conn] = time.monotonic() + self.read_timeout
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              functools.partial(self._on_head_readable, conn))
         if head:
@@ -228,11 +225,10 @@ class ReadTimeoutWorker(ThreadWorker):
         """Also close connections whose headers did not arrive in time (all of them when stopping)."""
         super().murder_pending()
         now = time.monotonic()
-        order = self.heading_order
-        while order and (order[0][0] <= now or not self.alive):
-            deadline, conn = order.popleft()
-            if self.heading.get(conn) != deadline:
-                continue  # dispatched or closed since; a later request may be heading again
+        while self.heading:
+            conn, deadline = next(iter(self.heading.items()))
+            if deadline > now and self.alive:
+                break
             # Closed quietly, as a client that went away: a log line per stalled connection
             # would let anyone fill the server's log.
             self._stop_heading(conn)
