@@ -52,6 +52,9 @@ def test_real_answers_match_the_document(make_app: Callable[..., Flask]) -> None
     call("POST", "/", json={"id": "a", "code": "display('d')\n1/0"})
     call("POST", "/execute", json={"id": "a", "code": "import time; time.sleep(5)", "timeout": 0.2})
     call("POST", "/execute", json={"id": "a", "code": "print('s')", "stream": True})
+    cut = call("POST", "/execute", json={"id": "a", "code": "print('x' * 99)\n'y' * 99",
+                                         "output_cap_bytes": 10, "repr_limit_bytes": 10})
+    assert cut.get_json()["truncated"] is True
     pending = call("POST", "/execute", json={"id": "a", "code": "import time; time.sleep(0.5)",
                                              "wait": 0})
     assert pending.status_code == 202
@@ -73,6 +76,7 @@ def test_real_answers_match_the_document(make_app: Callable[..., Flask]) -> None
     assert call("GET", "/env/history?id=nobody").status_code == 404
     assert call("POST", "/env/create", json={"id": "../x"}).status_code == 400
     assert call("POST", "/execute", data=b"x", content_type="text/plain").status_code == 415
+    assert call("POST", "/execute", json={"code": "1", "repr_limit_bytes": 2**40}).status_code == 400
     assert call("GET", "/env/list", headers={}).status_code == 401
     assert call("GET", "/health", headers={"Host": "evil.example"}).status_code == 403
     assert call("POST", "/env/create", json={"id": "x" * 20_000_000}).status_code == 413
