@@ -11,7 +11,7 @@ import os
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .display import (
@@ -44,7 +44,6 @@ class CellOutcome:
     status: str
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None
-    truncated: bool = False  # the repr limit cut the result or a display
 
 
 def cell_filename(execution_count: int) -> str:
@@ -105,7 +104,9 @@ class Executor:
     ) -> None:
         self.namespace: dict[str, Any] = namespace if namespace is not None else {}
         self.repr_limit = repr_limit
-        self.truncated = False  # whether the repr limit cut anything in the last cell
+        # Whether the repr limit cut the last cell's result or a display. An attribute, not part
+        # of CellOutcome, so it is known even when an interrupt escapes the cell.
+        self.truncated = False
         self.on_display = on_display or (lambda bundle: None)
         self._loop: asyncio.AbstractEventLoop | None = None
         user_builtins = dict(vars(builtins))
@@ -173,11 +174,9 @@ class Executor:
         try:
             with recording_cuts() as cuts:
                 try:
-                    outcome = self._run(source, filename)
+                    return self._run(source, filename)
                 finally:
-                    # Also read when an interrupt escapes the cell, so the worker can report it.
                     self.truncated = bool(cuts)
-            return replace(outcome, truncated=self.truncated) if self.truncated else outcome
         finally:
             current_publisher.reset(token)
             self.repr_limit = own_limit
