@@ -175,7 +175,7 @@ class ReadTimeoutWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              functools.partial(self._on_head_readable, conn))
         if head:
-            self._check_head(conn)
+            self._check_head(conn, len(head))
         else:
             self._on_head_readable(conn, conn.sock)  # often in already: no turn of the loop
 
@@ -187,31 +187,41 @@ class ReadTimeoutWorker(ThreadWorker):
         except OSError:
             data = b""
         if not data:  # the client went away before sending a whole request
-            self._stop_heading(conn)
-            self.nr_conns -= 1
-            _close(conn.sock)
+            self._drop_heading(conn)
             return
         conn.head += data
-        self._check_head(conn)
+        self._check_head(conn, len(data))
 
-    def _check_head(self, conn: Any) -> None:
+    def _check_head(self, conn: Any, new: int) -> None:
         head = conn.head
-        # Empty lines before a request line are allowed (RFC 9112 section 2.2).
-        start = len(head) - len(head.lstrip(b"\r\n"))
-        if any(end in head[start:] for end in HEAD_ENDS):
+        if head[:1] in (b"\r", b"\n"):
+            # Empty lines before a request line are allowed (RFC 9112 section 2.2); drop them so
+            # they are not taken for the end of the headers.
+            del head[:len(head) - len(head.lstrip(b"\r\n"))]
+        # Only the new bytes (and the three before them) can complete the end: a header trickled
+        # a byte at a time must not be searched whole on every byte.
+        window = head[max(0, len(head) - new - 3):]
+        if any(end in window for end in HEAD_ENDS):
             self._stop_heading(conn)
             conn.pending_head = bytes(head)
             conn.data_ready = True  # gunicorn 27 would otherwise wait for data on the thread
             conn.sock.setblocking(True)
             super().enqueue_req(conn)
         elif len(head) > MAX_HEAD_BYTES:
-            self._stop_heading(conn)
-            self.nr_conns -= 1
             try:
                 conn.sock.send(_too_large_answer())
             except OSError:
                 pass
+            self._drop_heading(conn, linger=True)
+
+    def _drop_heading(self, conn: Any, linger: bool = False) -> None:
+        """Stop reading conn's headers and close it (lingering, when it was sent an answer)."""
+        self._stop_heading(conn)
+        self.nr_conns -= 1
+        if linger:
             self.closer.close(conn.sock)
+        else:
+            _close(conn.sock)
 
     def _stop_heading(self, conn: Any) -> None:
         del self.heading[conn]
@@ -231,9 +241,7 @@ class ReadTimeoutWorker(ThreadWorker):
                 break
             # Closed quietly, as a client that went away: a log line per stalled connection
             # would let anyone fill the server's log.
-            self._stop_heading(conn)
-            self.nr_conns -= 1
-            _close(conn.sock)
+            self._drop_heading(conn)
 
     def notify(self) -> None:
         # The heartbeat, a utime() on a temp file at every turn of the event loop (~10% of a
