@@ -10,8 +10,8 @@ import sys
 
 from flask import Flask, Response
 
-from kernelserver.cli import gunicorn_options, run_gunicorn
 from kernelserver.config import load_config
+from kernelserver.serving import gunicorn_options, run_gunicorn
 
 ANSWER = b'{"status":"ok","stdout":"","stderr":"","result":{"text/plain":"2"}}\n'
 

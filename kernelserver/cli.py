@@ -1,4 +1,7 @@
-"""The command line: serve (gunicorn, gthread, one worker), exec, check."""
+"""The command line: serve (under gunicorn, see serving.py), exec, check, token.
+
+Only `serve` imports the server: exec and check run on a laptop with the client alone.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from typing import Any
 import click
 
 from . import __version__, tokenfile
+from .backends import BACKENDS
 from .config import is_loopback, load_config
 from .errors import KernelServerError
-from .gunicorn_worker import worker_class
+from .results import DisplayEvent, ExecutionResult, OutputEvent, ResultEvent
 
 url_option = click.option("--url", envvar="KERNELSERVER_URL", default="http://127.0.0.1:5000",
                           show_default=True, help="Server URL [env KERNELSERVER_URL].")
@@ -40,10 +44,10 @@ def cli() -> None:
 def _preflight(config: dict[str, Any]) -> None:
     """Open the data dir and history once in this process, so problems are one clear line."""
     from .history import History, HistoryError
-    from .server_state import ServerLockError, ServerState
+    from .service import ServerLockError, take_data_dir_lock
 
     try:
-        lock = ServerState._take_lock(Path(config["data_dir"]))
+        lock = take_data_dir_lock(Path(config["data_dir"]))
     except (HistoryError, ServerLockError) as exc:
         fail(str(exc))
     try:
@@ -54,61 +58,12 @@ def _preflight(config: dict[str, Any]) -> None:
         lock.close()
 
 
-def gunicorn_options(config: dict[str, Any], certfile: str | None, keyfile: str | None) -> dict[str, Any]:
-    """The gunicorn settings kernelserver needs: one gthread worker, no worker timeout."""
-    host = config["host"]
-    bind_host = f"[{host}]" if ":" in host else host
-    options: dict[str, Any] = {
-        "bind": f"{bind_host}:{config['port']}",
-        "workers": 1,  # namespaces live in the worker's memory: exactly one
-        "worker_class": worker_class(config["request_read_timeout"]),
-        "threads": config["threads"],
-        "timeout": 0,  # a long cell is not a hung worker
-        "graceful_timeout": 15,
-        "keepalive": 75,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": "warning",
-        "proc_name": "kernelserver",
-    }
-    if certfile:
-        options["certfile"] = certfile
-        options["keyfile"] = keyfile
-    return options
-
-
-def run_gunicorn(config: dict[str, Any], options: dict[str, Any],
-                 load: Callable[[], Any] | None = None) -> None:
-    """Serve create_app(config) (or what load returns) under gunicorn with these options (blocks)."""
-    from gunicorn.app.base import BaseApplication
-
-    from .app import create_app
-
-    def worker_exit(server: Any, worker: Any) -> None:
-        # SIGTERM and friends: shut every namespace's worker down before the process goes.
-        app = getattr(worker, "wsgi", None)
-        app = getattr(app, "__wrapped__", app)  # the worker wraps the app it loaded
-        state = getattr(app, "extensions", {}).get("kernelserver") if app else None
-        if state is not None:
-            state.close()
-
-    class Application(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in {**options, "worker_exit": worker_exit}.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return load() if load is not None else create_app(config)
-
-    Application().run()
-
-
 @cli.command()
 @click.option("--host", default=None, help="Address to bind [127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [5000].")
 @click.option("--token", default=None, help="Bearer token [env KERNELSERVER_TOKEN; else generated].")
 @click.option("--no-auth", is_flag=True, default=None, help="No token (loopback only).")
-@click.option("--backend", type=click.Choice(["process", "inprocess"]), default=None,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
               help="Namespace backend [process].")
 @click.option("--data-dir", default=None, help="History and lock directory "
               "[env KERNELSERVER_DATA_DIR; else the user data dir].")
@@ -161,6 +116,8 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
     if not is_loopback(config["host"]):
         click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
                    "the token can run code as this user", err=True)
+    from .serving import gunicorn_options, run_gunicorn
+
     run_gunicorn(config, gunicorn_options(config, certfile, keyfile))
 
 
@@ -189,22 +146,18 @@ def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None,
     if code == "-":
         code = sys.stdin.read()
     out, err = _write(sys.stdout), _write(sys.stderr)
+    final: ExecutionResult | None = None
     try:
         with _client(url, token) as client:
             namespace = client.namespace(namespace_id)
-            final: dict[str, Any] | None = None
-            events = namespace.run(code, timeout=timeout, stream=True)
             try:
-                for event in events:
-                    kind = event.get("event")
-                    if kind == "stdout":
-                        out(event["text"])
-                    elif kind == "stderr":
-                        err(event["text"])
-                    elif kind == "display":
-                        out(str(event["data"].get("text/plain", "")) + "\n")
-                    elif kind == "result":
-                        final = event
+                for event in namespace.stream(code, timeout=timeout):
+                    if isinstance(event, OutputEvent):
+                        (out if event.stream == "stdout" else err)(event.text)
+                    elif isinstance(event, DisplayEvent):
+                        out(str(event.data.get("text/plain", "")) + "\n")
+                    elif isinstance(event, ResultEvent):
+                        final = event.result
             except KeyboardInterrupt:
                 namespace.interrupt()
                 err("\nkernelserver: interrupted the cell\n")
@@ -214,12 +167,11 @@ def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None,
     if final is None:
         fail("the stream ended before the result")
         return
-    if final.get("result"):
-        out(str(final["result"].get("text/plain", "")) + "\n")
-    if final.get("error"):
-        error = final["error"]
-        err(error.get("traceback") or f"{error['ename']}: {error['evalue']}\n")
-    sys.exit(0 if final.get("status") == "ok" else 1)
+    if final.result:
+        out(str(final.result.get("text/plain", "")) + "\n")
+    if final.error:
+        err(final.error.traceback or f"{final.error.ename}: {final.error.evalue}\n")
+    sys.exit(0 if final.ok else 1)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import requests
 
 from . import tokenfile
 from .errors import ConnectionFailed, KernelServerError, error_class
-from .results import ExecutionResult
+from .results import Event, ExecutionResult, event_from_dict
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 DEFAULT_TIMEOUT = 30.0
@@ -124,7 +124,7 @@ class Namespace:
     def run(self, code: str, timeout: float | None = None, wait: float | None = None,
             stream: bool = False, output_cap_bytes: int | None = None,
             repr_limit_bytes: int | None = None) -> Any:
-        """Run a cell; the result, or with stream=True an iterator of events.
+        """Run a cell; the result, or with stream=True an iterator of its events as JSON dicts.
 
         Without wait, blocks until the cell ends (long cells are long-polled, never cut off).
         With wait, returns after that many seconds at most; a result still running has
@@ -148,6 +148,17 @@ class Namespace:
         if wait is None and not result.finished:
             return self.wait_for(result.execution_count)
         return result
+
+    def stream(self, code: str, timeout: float | None = None, output_cap_bytes: int | None = None,
+               repr_limit_bytes: int | None = None) -> Iterator[Event]:
+        """Run a cell and yield its typed events as they happen, ending with a ResultEvent.
+
+        OutputEvent (stdout/stderr text), DisplayEvent, and last ResultEvent, whose .result is
+        the ExecutionResult; a StreamErrorEvent ends the stream early if this client read too slowly.
+        """
+        for data in self.run(code, timeout=timeout, stream=True, output_cap_bytes=output_cap_bytes,
+                             repr_limit_bytes=repr_limit_bytes):
+            yield event_from_dict(data)
 
     def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         # The server sends a keepalive at least every 10 s, so the read timeout only fires on

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS
+
 MIB = 1024 * 1024
 
 
@@ -74,8 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 5000, int, "TCP port to listen on."),
     Setting("token", None, str, "Bearer token clients must send; generated and printed if unset."),
     Setting("no_auth", False, _parse_bool, "Disable the token check (refused unless host is loopback)."),
-    Setting("backend", "process", str, "Namespace backend: `process` (a worker per namespace) or "
-            "`inprocess` (dicts in the server process)."),
+    Setting("backend", "process", str, "Namespace backend: " + ", ".join(
+        f"`{name}` ({entry.help})" for name, entry in BACKENDS.items()) + "."),
     Setting("data_dir", None, str, "Directory for history and the server lock "
             "(default: the platform's user data directory)."),
     Setting("allowed_hosts", (), _parse_list, "Extra Host header names accepted when bound to "
@@ -89,6 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("repr_limit_bytes", 1 * MIB, int, "Longest repr kept for a result or display: longer "
             "text is cut with a marker, a longer image or JSON value dropped with a note, and "
             "`truncated` is true. A request may ask for less; more gets 400 `limit_exceeded`."),
+    Setting("start_timeout", 60.0, float, "Seconds a new namespace may take to start; past it the "
+            "start is abandoned and its callers get 503 `namespace_unavailable`."),
     Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
             "interrupt before its worker is killed."),
     Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),
@@ -126,8 +130,9 @@ def load_config(
             config[name] = value
     if config["data_dir"] is None:
         config["data_dir"] = default_data_dir()
-    if config["backend"] not in ("process", "inprocess"):
-        raise ValueError(f"backend must be 'process' or 'inprocess', not {config['backend']!r}")
+    if config["backend"] not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"not {config['backend']!r}")
     config["allowed_hosts"] = tuple(config["allowed_hosts"])
     return config
 

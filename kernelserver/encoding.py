@@ -1,19 +1,42 @@
-"""JSON in and out: orjson where it can, json where it cannot, a large answer in pieces."""
+"""JSON in and out (orjson where it can, json where it cannot), and Text kept in pieces.
+
+Shared by server, worker protocol and client: imports nothing of the server.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
-
-from .execution import Text
 
 CHUNK_CHARS = 1 << 16
 ENCODE_CHARS = 1 << 14
 LARGE_ANSWER = 1 << 18  # characters; above this an answer is encoded piece by piece
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+class Text:
+    """Captured text kept in the pieces it arrived in, so a large output is never copied whole.
+
+    The JSON encoder and the history writer take it piece by piece; str() joins it.
+    """
+
+    __slots__ = ("pieces", "length")
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self.pieces: tuple[str, ...] = tuple(piece for piece in pieces if piece)
+        self.length = sum(map(len, self.pieces))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __str__(self) -> str:
+        return "".join(self.pieces)
+
+    def __repr__(self) -> str:
+        return f"Text({self.length} characters in {len(self.pieces)} pieces)"
 
 
 def _plain(value: Any) -> Any:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The body of every non-2xx answer of the v1 API: {"error": {"code", "message", ...}}."""
+    return {"error": {"code": code, "message": message, **details}}
+
+
 class KernelServerError(Exception):
     """Root of every kernelserver error; `status` and `code` say how it travels over HTTP."""
 
@@ -21,9 +26,7 @@ class KernelServerError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The body every non-2xx answer carries."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        body.update(self.details)
-        return {"error": body}
+        return error_body(self.code, self.message, **self.details)
 
 
 class BadRequest(KernelServerError, ValueError):
@@ -97,6 +100,13 @@ class PayloadTooLarge(KernelServerError):
 
     status = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(KernelServerError):
+    """The request's header block is larger than the server reads (answered by the worker)."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class UnsupportedMediaType(KernelServerError):

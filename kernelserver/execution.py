@@ -1,16 +1,25 @@
-"""A live execution: capped output buffers, state changes, and events for listeners."""
+"""A live execution: capped output buffers, its state, and its events for subscribers."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from .results import FINISHED, ErrorInfo, ExecutionResult
+from .encoding import Text
+from .results import (
+    FINISHED,
+    DisplayEvent,
+    Event,
+    ExecutionResult,
+    Finished,
+    Outcome,
+    OutputEvent,
+    ResultEvent,
+    StartedEvent,
+)
+from .subscriptions import LISTENER_QUEUE_EVENTS, LISTENER_STALL_SECONDS, Hub, Listener, Subscription
 
 
 def utcnow_iso() -> str:
@@ -20,66 +29,6 @@ def utcnow_iso() -> str:
     seconds = int(now)
     micros = int((now - seconds) * 1e6)
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros:06d}Z"
-
-
-class Text:
-    """Captured text kept in the pieces it arrived in, so a large output is never copied whole.
-
-    The JSON encoder and the history writer take it piece by piece; str() joins it.
-    """
-
-    __slots__ = ("pieces", "length")
-
-    def __init__(self, pieces: Iterable[str]) -> None:
-        self.pieces: tuple[str, ...] = tuple(piece for piece in pieces if piece)
-        self.length = sum(map(len, self.pieces))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __str__(self) -> str:
-        return "".join(self.pieces)
-
-    def __repr__(self) -> str:
-        return f"Text({self.length} characters in {len(self.pieces)} pieces)"
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A finished execution as the server keeps it: the result, its output still in pieces."""
-
-    result: ExecutionResult  # its stdout and stderr are empty: the text is below
-    stdout: Text
-    stderr: Text
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form of the result, stdout and stderr as Text (see app.iter_json)."""
-        data = self.result.to_dict()
-        data["stdout"] = self.stdout
-        data["stderr"] = self.stderr
-        return data
-
-    def to_result(self) -> ExecutionResult:
-        """The result with its output joined into strings."""
-        return self.result.with_changes(stdout=str(self.stdout), stderr=str(self.stderr))
-
-
-# A streaming client may fall this many events behind (each at most one 64 KiB read) before
-# the cell waits for it, and the cell waits at most this long before cutting it off.
-LISTENER_QUEUE_EVENTS = 64
-LISTENER_STALL_SECONDS = 30.0
-
-
-def _force_put(listener: queue.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
-    while True:
-        try:
-            listener.put_nowait(event)
-            return
-        except queue.Full:
-            try:
-                listener.get_nowait()
-            except queue.Empty:
-                pass
 
 
 SLICE_AFTER = 1 << 16  # characters dropped from the oldest kept piece before it is cut
@@ -172,7 +121,8 @@ class Execution:
     """One submitted cell, from queued to finished; the output sink backends write to."""
 
     def __init__(self, namespace_id: str, execution_count: int, code: str, output_cap: int,
-                 timeout: float | None = None, repr_limit: int | None = None) -> None:
+                 timeout: float | None = None, repr_limit: int | None = None,
+                 hub: Hub | None = None) -> None:
         self.id = namespace_id
         self.execution_count = execution_count
         self.code = code
@@ -182,38 +132,43 @@ class Execution:
         self.stdout = OutputBuffer(output_cap)
         self.stderr = OutputBuffer(output_cap)
         self.displays: list[dict[str, Any]] = []
-        self.result: dict[str, Any] | None = None
-        self.error: ErrorInfo | None = None
-        self.restarted = False
-        self.repr_cut = False  # the repr limit cut the result or a display
+        self.outcome: Outcome | None = None
         self.submitted_at = utcnow_iso()
         self.started_at: str | None = None
         self._t0: float | None = None
         self.duration_ms: float | None = None
         self._cond = threading.Condition()
-        self._listeners: list[queue.Queue[dict[str, Any]]] = []
+        self._listeners: list[Listener[Event]] = []
+        self._hub = hub  # the namespace's watchers, who get every event too
         self._final: Finished | None = None  # built once: a finished result never changes
+
+    @classmethod
+    def recorded(cls, result: ExecutionResult) -> Execution:
+        """A finished execution read back from history, answered like a live one."""
+        execution = cls(result.id, result.execution_count, result.code, 0)
+        execution.status = result.status
+        execution.started_at = result.started_at
+        execution.duration_ms = result.duration_ms
+        execution._final = Finished.of(result)
+        return execution
 
     # -- sink interface, called by the backend from the namespace's runner thread --
 
-    def _emit(self, listeners: list[queue.Queue[dict[str, Any]]], event: dict[str, Any]) -> None:
+    def _emit(self, listeners: list[Listener[Event]], event: Event) -> None:
         # Outside the lock: a full queue makes the runner wait (backpressure, so a live client
         # receives everything), but never blocks readers of the execution's state.
         for listener in listeners:
-            try:
-                listener.put(event, timeout=LISTENER_STALL_SECONDS)
-            except queue.Full:
-                with self._cond:
-                    if listener in self._listeners:
-                        self._listeners.remove(listener)
-                _force_put(listener, {"event": "lagging"})
+            if not listener.offer(event):
+                self.unsubscribe(listener)
+        if self._hub is not None:
+            self._hub.publish(self, event)
 
     def _write(self, stream: str, buffer: OutputBuffer, text: str) -> None:
         with self._cond:
             buffer.write(text)
             listeners = list(self._listeners)
-        if listeners:
-            self._emit(listeners, {"event": stream, "text": text})
+        if listeners or (self._hub is not None and self._hub.watchers):
+            self._emit(listeners, OutputEvent(stream, text))  # type: ignore[arg-type]
 
     def write_stdout(self, text: str) -> None:
         """Record and broadcast stdout text."""
@@ -228,8 +183,7 @@ class Execution:
         with self._cond:
             self.displays.append(bundle)
             listeners = list(self._listeners)
-        if listeners:
-            self._emit(listeners, {"event": "display", "data": bundle})
+        self._emit(listeners, DisplayEvent(bundle))
 
     # -- lifecycle --
 
@@ -240,27 +194,24 @@ class Execution:
             self.started_at = utcnow_iso()
             self._t0 = time.perf_counter()
             self._cond.notify_all()
+        if self._hub is not None:
+            self._hub.publish(self, StartedEvent(self.execution_count, self.code))
 
-    def finish(self, status: str, result: dict[str, Any] | None = None,
-               error: ErrorInfo | None = None, restarted: bool = False,
-               repr_cut: bool = False) -> None:
-        """Record the outcome and wake every waiter and listener."""
+    def finish(self, outcome: Outcome) -> bool:
+        """Record the outcome and wake every waiter and listener; False if it had finished already."""
         with self._cond:
             if self.status in FINISHED:
-                return
+                return False
             if self._t0 is not None:
                 self.duration_ms = round((time.perf_counter() - self._t0) * 1000, 3)
-            self.status = status
-            self.result = result
-            self.error = error
-            self.restarted = restarted
-            self.repr_cut = repr_cut
+            self.status = outcome.status
+            self.outcome = outcome
             # The pieces move into the final record: joining them would hold the text twice.
             self._final = Finished(self._result("", ""), self.stdout.take(), self.stderr.take())
             listeners = list(self._listeners)
             self._cond.notify_all()
-        if listeners:
-            self._emit(listeners, {"event": "result", **self._final.to_dict()})
+        self._emit(listeners, ResultEvent(self._final))
+        return True
 
     @property
     def finished(self) -> bool:
@@ -278,17 +229,19 @@ class Execution:
         return self._final
 
     def _result(self, stdout: str, stderr: str) -> ExecutionResult:
+        outcome = self.outcome
         return ExecutionResult(
             id=self.id,
             execution_count=self.execution_count,
             status=self.status,
             stdout=stdout,
             stderr=stderr,
-            result=self.result,
+            result=outcome.result if outcome else None,
             displays=tuple(self.displays),
-            error=self.error,
-            truncated=self.stdout.truncated or self.stderr.truncated or self.repr_cut,
-            restarted=self.restarted,
+            error=outcome.error if outcome else None,
+            truncated=(self.stdout.truncated or self.stderr.truncated
+                       or bool(outcome and outcome.truncated)),
+            restarted=bool(outcome and outcome.restarted),
             started_at=self.started_at,
             duration_ms=self.duration_ms,
             code=self.code,
@@ -314,72 +267,22 @@ class Execution:
         With replay, the output kept so far comes first, so a client reattaching to a running
         execution misses nothing that is still kept.
         """
-        listener: queue.Queue[dict[str, Any]] = queue.Queue(LISTENER_QUEUE_EVENTS)
-        backlog: list[dict[str, Any]] = []
+        listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS, LISTENER_STALL_SECONDS)
+        backlog: list[Event] = []
         with self._cond:
             if self._final is not None:
-                return Subscription(self, None, [{"event": "result", **self._final.to_dict()}])
+                return Subscription(self, None, [ResultEvent(self._final)])
             if replay:
                 for name, buffer in (("stdout", self.stdout), ("stderr", self.stderr)):
                     text = buffer.getvalue()
                     if text:
-                        backlog.append({"event": name, "text": text})
-                backlog.extend({"event": "display", "data": d} for d in self.displays)
+                        backlog.append(OutputEvent(name, text))  # type: ignore[arg-type]
+                backlog.extend(DisplayEvent(d) for d in self.displays)
             self._listeners.append(listener)
         return Subscription(self, listener, backlog)
 
-    def unsubscribe(self, listener: queue.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, listener: Listener[Event]) -> None:
         """Stop sending events to listener."""
         with self._cond:
             if listener in self._listeners:
                 self._listeners.remove(listener)
-
-
-class Subscription:
-    """One client's feed of an execution's events; close() it when the client is done."""
-
-    def __init__(self, execution: Execution, listener: queue.Queue[dict[str, Any]] | None,
-                 backlog: list[dict[str, Any]]) -> None:
-        self.execution = execution
-        self._listener = listener
-        self._backlog = backlog
-
-    def close(self) -> None:
-        """Unsubscribe (idempotent)."""
-        if self._listener is not None:
-            self.execution.unsubscribe(self._listener)
-
-    def events(self, keepalive: float, poll: float = 0.25,
-               gone: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
-        """The events, ending with the result; a keepalive after each silent interval.
-
-        Stops early once gone() says the client has disconnected.
-        """
-        try:
-            yield from self._backlog
-            if self._listener is None:
-                return
-            execution = self.execution
-            silent_since = time.monotonic()
-            while True:
-                try:
-                    event = self._listener.get(timeout=poll)
-                except queue.Empty:
-                    if gone():
-                        return
-                    if time.monotonic() - silent_since >= keepalive:
-                        silent_since = time.monotonic()
-                        yield {"event": "keepalive", "status": execution.status}
-                    continue
-                silent_since = time.monotonic()
-                if event["event"] == "lagging":
-                    # This client stalled; the cell goes on, and its result stays fetchable.
-                    yield {"event": "error", "code": "stream_lagging",
-                           "message": "the client read too slowly and the stream was cut; fetch the "
-                           f"result with GET /env/execution?id={execution.id}&n={execution.execution_count}"}
-                    return
-                yield event
-                if event["event"] == "result":
-                    return
-        finally:
-            self.close()

@@ -11,7 +11,7 @@ import os
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from .display import (
@@ -23,7 +23,7 @@ from .display import (
     mimebundle,
     recording_cuts,
 )
-from .results import ErrorInfo
+from .results import ErrorInfo, Outcome
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -35,15 +35,6 @@ class StdinNotImplementedError(RuntimeError):
 
 # Shown as plain `StdinNotImplementedError`, as IPython names it, not with our module path.
 StdinNotImplementedError.__module__ = "builtins"
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    """What running a cell gave, before the backend adds captured output."""
-
-    status: str
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
 
 
 def cell_filename(execution_count: int) -> str:
@@ -104,8 +95,8 @@ class Executor:
     ) -> None:
         self.namespace: dict[str, Any] = namespace if namespace is not None else {}
         self.repr_limit = repr_limit
-        # Whether the repr limit cut the last cell's result or a display. An attribute, not part
-        # of CellOutcome, so it is known even when an interrupt escapes the cell.
+        # Whether the repr limit cut the last cell's result or a display. Also an attribute, not
+        # only in the Outcome, so it is known even when an interrupt escapes the cell.
         self.truncated = False
         self.on_display = on_display or (lambda bundle: None)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,7 +146,7 @@ class Executor:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(whole_cell())
 
-    def run(self, source: str, execution_count: int, repr_limit: int | None = None) -> CellOutcome:
+    def run(self, source: str, execution_count: int, repr_limit: int | None = None) -> Outcome:
         """Compile and run one cell; user errors come back as data, never raised.
 
         repr_limit, when given, replaces the namespace's own for this cell only.
@@ -174,36 +165,37 @@ class Executor:
         try:
             with recording_cuts() as cuts:
                 try:
-                    return self._run(source, filename)
+                    outcome = self._run(source, filename)
                 finally:
                     self.truncated = bool(cuts)
         finally:
             current_publisher.reset(token)
             self.repr_limit = own_limit
+        return replace(outcome, truncated=True) if self.truncated else outcome
 
-    def _run(self, source: str, filename: str) -> CellOutcome:
+    def _run(self, source: str, filename: str) -> Outcome:
         try:
             body, value_code = self._compile(source, filename)
         except (SyntaxError, ValueError) as exc:
             # Only the compiler's frames are on the stack here; the caret line says it all.
-            return CellOutcome("error", error=format_error(exc, with_stack=False))
+            return Outcome("error", error=format_error(exc, with_stack=False))
         try:
             value = self._execute(body, value_code)
         except KeyboardInterrupt as exc:
             self._flush_figures()
-            return CellOutcome("interrupted", error=format_error(exc))
+            return Outcome("interrupted", error=format_error(exc))
         except BaseException as exc:  # noqa: BLE001 - SystemExit and all are user errors here
             self._flush_figures()
-            return CellOutcome("error", error=format_error(exc))
+            return Outcome("error", error=format_error(exc))
         self._flush_figures()
         if value is None:
-            return CellOutcome("ok")
+            return Outcome("ok")
         self.namespace["_"] = value
         try:
             bundle = mimebundle(value, self.repr_limit)
         except BaseException as exc:  # noqa: BLE001
-            return CellOutcome("error", error=format_error(exc))
-        return CellOutcome("ok", result=bundle)
+            return Outcome("error", error=format_error(exc))
+        return Outcome("ok", result=bundle)
 
     def _flush_figures(self) -> None:
         try:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .execution import Finished, Text
-from .results import ErrorInfo, ExecutionResult
+from .encoding import Text
+from .results import ErrorInfo, ExecutionResult, Finished
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (

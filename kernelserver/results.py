@@ -1,14 +1,23 @@
-"""The execution result: one frozen dataclass used by server, worker protocol and client."""
+"""What a cell gives back, in one set of frozen types shared by server, worker protocol and client.
+
+`Outcome` is how a cell ended (executor → worker reply → backend → execution); `ExecutionResult`
+is an execution as the API answers it; `Finished` is one the server keeps, its output in pieces;
+the `*Event` classes are what a stream carries, each with its wire form in `to_dict()`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
+from .encoding import Text
 from .errors import CellError
 
-STATUSES = ("queued", "running", "ok", "error", "interrupted", "timeout")
+Status = Literal["queued", "running", "ok", "error", "interrupted", "timeout"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "ok", "error", "interrupted", "timeout")
 FINISHED = frozenset({"ok", "error", "interrupted", "timeout"})
+NamespaceState = Literal["starting", "idle", "busy", "dead"]
 
 
 @dataclass(frozen=True)
@@ -24,9 +33,39 @@ class ErrorInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
         """Build from the JSON form."""
         return cls(str(data["ename"]), str(data["evalue"]), str(data["traceback"]))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a cell ended; its printed output went to the sink as it came."""
+
+    status: str
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    restarted: bool = False  # the worker died or was killed; the namespace is fresh
+    truncated: bool = False  # the repr limit cut the result or a display
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the worker's reply carries it)."""
+        return {"status": self.status, "result": self.result,
+                "error": self.error.to_dict() if self.error else None,
+                "restarted": self.restarted, "truncated": self.truncated}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        """Build from the JSON form; missing flags are false."""
+        error = data.get("error")
+        return cls(str(data["status"]), data.get("result"),
+                   ErrorInfo.from_dict(error) if error else None,
+                   bool(data.get("restarted")), bool(data.get("truncated")))
+
+    @classmethod
+    def failed(cls, ename: str, evalue: str, restarted: bool = False) -> Outcome:
+        """An error outcome with no traceback (the server's own reasons: deleted, died...)."""
+        return cls("error", error=ErrorInfo(ename, evalue, ""), restarted=restarted)
 
 
 @dataclass(frozen=True)
@@ -75,7 +114,7 @@ class ExecutionResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> ExecutionResult:
         """Build from the JSON form; unknown keys are ignored so newer servers stay readable."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
@@ -109,3 +148,140 @@ class ExecutionResult:
                 ename=self.error.ename,
             )
         raise CellError(f"cell {self.execution_count} in {self.id!r} is {self.status}")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished execution as the server keeps it: the result, its output still in pieces."""
+
+    result: ExecutionResult  # its stdout and stderr are empty: the text is below
+    stdout: Text
+    stderr: Text
+
+    @classmethod
+    def of(cls, result: ExecutionResult) -> Finished:
+        """The kept form of a result whose output is in strings (read from history or the wire)."""
+        return cls(result.with_changes(stdout="", stderr=""), Text([result.stdout]),
+                   Text([result.stderr]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the result, stdout and stderr as Text (see encoding.iter_json)."""
+        data = self.result.to_dict()
+        data["stdout"] = self.stdout
+        data["stderr"] = self.stderr
+        return data
+
+    def to_result(self) -> ExecutionResult:
+        """The result with its output joined into strings."""
+        return self.result.with_changes(stdout=str(self.stdout), stderr=str(self.stderr))
+
+
+# -- stream events: what a subscriber receives, and (to_dict) the v1 NDJSON line of each --
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """Text a cell printed on stdout or stderr."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "stdout"|"stderr", "text": ...}."""
+        return {"event": self.stream, "text": self.text}
+
+
+@dataclass(frozen=True)
+class DisplayEvent:
+    """One rich display (a MIME bundle), in its place among the printed text."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "display", "data": {...}}."""
+        return {"event": "display", "data": self.data}
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """The last event of a cell: its final result."""
+
+    final: Finished
+
+    @property
+    def result(self) -> ExecutionResult:
+        """The result with its output joined into strings."""
+        return self.final.to_result()
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "result", ...the execution result...}, the output still in pieces."""
+        return {"event": "result", **self.final.to_dict()}
+
+
+@dataclass(frozen=True)
+class KeepaliveEvent:
+    """Nothing happened for a while; the cell is still queued or running."""
+
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "keepalive", "status": ...}."""
+        return {"event": "keepalive", "status": self.status}
+
+
+@dataclass(frozen=True)
+class StreamErrorEvent:
+    """The stream ends early (the client read too slowly); the cell goes on."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "error", "code": ..., "message": ...}."""
+        return {"event": "error", "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class StartedEvent:
+    """A cell left the queue and runs now (namespace subscriptions only)."""
+
+    execution_count: int
+    code: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "started", "execution_count": n, "code": ...}."""
+        return {"event": "started", "execution_count": self.execution_count, "code": self.code}
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    """The namespace itself changed: restarting, idle again after a restart, or dead (deleted)."""
+
+    state: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "state", "state": ...}."""
+        return {"event": "state", "state": self.state}
+
+
+Event = (OutputEvent | DisplayEvent | ResultEvent | KeepaliveEvent | StreamErrorEvent
+         | StartedEvent | StateEvent)
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """The typed event of one wire line; ValueError for a line that is not one."""
+    kind = data.get("event")
+    if kind in ("stdout", "stderr"):
+        return OutputEvent(kind, str(data["text"]))
+    if kind == "display":
+        return DisplayEvent(dict(data["data"]))
+    if kind == "result":
+        return ResultEvent(Finished.of(ExecutionResult.from_dict(data)))
+    if kind == "keepalive":
+        return KeepaliveEvent(str(data.get("status", "")))
+    if kind == "error":
+        return StreamErrorEvent(str(data.get("code", "")), str(data.get("message", "")))
+    if kind == "started":
+        return StartedEvent(int(data["execution_count"]), str(data.get("code", "")))
+    if kind == "state":
+        return StateEvent(str(data["state"]))
+    raise ValueError(f"not a stream event: {kind!r}")

@@ -8,9 +8,10 @@ import tracemalloc
 import weakref
 from pathlib import Path
 
-from kernelserver.encoding import dumps, encode, iter_json
-from kernelserver.execution import Execution, Text
+from kernelserver.encoding import Text, dumps, encode, iter_json
+from kernelserver.execution import Execution
 from kernelserver.history import History
+from kernelserver.results import Outcome
 
 from conftest import ApiClient
 
@@ -25,7 +26,7 @@ def _finished(pieces: list[str], cap: int = 1 << 24) -> Execution:
     for piece in pieces:
         execution.write_stdout(piece)
     execution.write_stderr("err")
-    execution.finish("ok", result={"text/plain": "2"})
+    execution.finish(Outcome("ok", result={"text/plain": "2"}))
     return execution
 
 
@@ -54,7 +55,7 @@ def test_finishing_and_answering_never_copy_the_output_whole() -> None:
         execution.write_stdout("x" * 65536)
     tracemalloc.start()
     try:
-        execution.finish("ok")
+        execution.finish(Outcome("ok"))
         encoded = sum(len(chunk) for chunk in iter_json(execution.to_dict()))
         _, peak = tracemalloc.get_traced_memory()
     finally:

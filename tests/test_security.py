@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from kernelserver import tokenfile
-from kernelserver.cli import gunicorn_options
 from kernelserver.client import Client
 from kernelserver.config import load_config
+from kernelserver.serving import gunicorn_options
 
 from conftest import TOKEN, LiveServer, free_port, start_server, wait_until
 

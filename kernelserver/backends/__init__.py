@@ -1,21 +1,45 @@
-"""Namespace backends: where a namespace's code actually runs."""
+"""Namespace backends: where a namespace's code actually runs. A new backend is one BACKENDS entry."""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Any
 
-from .base import Kernel, KernelOutcome, OutputSink
+from .base import Backend, Kernel, NamespaceOptions, OutputSink, Resources
 
 
-def make_kernel_factory(config: dict[str, Any]) -> Any:
-    """A callable id → started Kernel for the configured backend."""
-    if config["backend"] == "inprocess":
-        from .inprocess import InProcessBackend
+@dataclass(frozen=True)
+class BackendEntry:
+    """Where a backend's class lives (imported only when chosen) and what it is for."""
 
-        return InProcessBackend(config)
-    from .process import ProcessBackend
+    module: str
+    cls: str
+    help: str
+    extra: str | None = None  # the pip extra that installs what it needs
 
-    return ProcessBackend(config)
+
+BACKENDS: dict[str, BackendEntry] = {
+    "process": BackendEntry("kernelserver.backends.process", "ProcessBackend",
+                            "a worker process per namespace"),
+    "inprocess": BackendEntry("kernelserver.backends.inprocess", "InProcessBackend",
+                              "dicts in the server process"),
+}
 
 
-__all__ = ["Kernel", "KernelOutcome", "OutputSink", "make_kernel_factory"]
+def load_backend(config: dict[str, Any]) -> Backend:
+    """The configured backend, started."""
+    entry = BACKENDS[config["backend"]]
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        if entry.extra is None:
+            raise
+        raise RuntimeError(f"the {config['backend']} backend needs "
+                           f"`pip install 'kernelserver[{entry.extra}]'` ({exc})") from None
+    backend: Backend = getattr(module, entry.cls)(config)
+    return backend
+
+
+__all__ = ["BACKENDS", "Backend", "BackendEntry", "Kernel", "NamespaceOptions", "OutputSink",
+           "Resources", "load_backend"]

@@ -1,11 +1,11 @@
-"""The small protocol every namespace backend implements."""
+"""What every namespace backend implements: a Backend that starts Kernels, and the Kernel itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
-from ..results import ErrorInfo
+from ..results import ErrorInfo, Outcome
 
 
 class OutputSink(Protocol):
@@ -22,14 +22,24 @@ class OutputSink(Protocol):
 
 
 @dataclass(frozen=True)
-class KernelOutcome:
-    """How a cell ended, as a backend reports it; output went to the sink already."""
+class Resources:
+    """What a namespace asks its backend to reserve for it (None: the backend's default)."""
 
-    status: str
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    restarted: bool = False
-    truncated: bool = False  # the repr limit cut the result or a display
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None  # bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set."""
+        return {k: v for k, v in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus),
+                                  ("memory", self.memory)) if v is not None}
+
+
+@dataclass(frozen=True)
+class NamespaceOptions:
+    """Per-namespace options, handed to the backend with the id when it starts the kernel."""
+
+    resources: Resources = field(default_factory=Resources)
 
 
 def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_after: float | None = None
@@ -49,6 +59,13 @@ def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_a
     return ErrorInfo("TimeoutError", evalue, traceback)
 
 
+def timed_out(outcome: Outcome, timeout: float | None) -> Outcome:
+    """The answer for a cell whose deadline passed: a timeout, unless it failed on its own first."""
+    if outcome.status not in ("interrupted", "ok"):
+        return outcome
+    return Outcome("timeout", error=timeout_error(timeout, outcome.error), truncated=outcome.truncated)
+
+
 class Kernel(Protocol):
     """One namespace's code runner: execute blocks and is only called from one thread at a time."""
 
@@ -57,7 +74,7 @@ class Kernel(Protocol):
     runs_inline: bool
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
+                timeout: float | None, repr_limit: int | None = None) -> Outcome:
         """Run a cell to completion (or timeout), streaming its output into sink.
 
         repr_limit, when given, replaces the server's repr limit for this cell.
@@ -77,3 +94,15 @@ class Kernel(Protocol):
 
     def close(self) -> None:
         """Stop the namespace and release everything it holds."""
+
+
+class Backend(Protocol):
+    """Makes the kernels of one server; one instance per app, built from the server's settings."""
+
+    name: ClassVar[str]
+
+    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> Kernel:
+        """A started kernel for a new namespace (blocks until it can run a cell)."""
+
+    def close(self) -> None:
+        """Release what the backend shares between its kernels."""

@@ -14,11 +14,11 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..executor import Executor
-from ..results import ErrorInfo
-from .base import KernelOutcome, OutputSink, timeout_error
+from ..results import ErrorInfo, Outcome
+from .base import NamespaceOptions, OutputSink, timed_out
 
 _Writer = Callable[[str], None]
 _route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
@@ -28,18 +28,27 @@ _install_lock = threading.Lock()
 
 
 class _RoutedStream(io.TextIOBase):
-    """sys.stdout/sys.stderr stand-in: writes go to the current execution, else the real stream."""
+    """sys.stdout/sys.stderr stand-in: writes go to the current execution, else the real stream.
+
+    A real text stream, as ipykernel's OutStream: writable, str only (bytes are a TypeError, as
+    on the process backend's TextIOWrapper), writelines and print(file=...) work.
+    """
 
     def __init__(self, original: Any, index: int) -> None:
         self._original = original
         self._index = index
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         route = _route.get()
         if route is None:
             return int(self._original.write(text))
         route[self._index](text)
         return len(text)
+
+    def writable(self) -> bool:
+        return True
 
     def flush(self) -> None:
         if _route.get() is None:
@@ -54,6 +63,10 @@ class _RoutedStream(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "backslashreplace"
 
 
 def install_routing() -> None:
@@ -95,17 +108,17 @@ class InProcessKernel:
             self._sink.add_display(bundle)
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
+                timeout: float | None, repr_limit: int | None = None) -> Outcome:
         """Run the cell on this thread with its output routed to sink."""
         self._sink = sink
         token = _route.set((sink.write_stdout, sink.write_stderr))
-        timed_out = threading.Event()
+        expired = threading.Event()
         timer: threading.Timer | None = None
         with self._lock:
             self._running_thread = threading.get_ident()
         if timeout is not None:
             def expire() -> None:
-                timed_out.set()
+                expired.set()
                 self.interrupt()
 
             timer = threading.Timer(timeout, expire)
@@ -115,7 +128,8 @@ class InProcessKernel:
             outcome = self._executor.run(code, execution_count, repr_limit)
         except KeyboardInterrupt:
             # The injected interrupt landed just outside the cell's own try block.
-            outcome = None
+            outcome = Outcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
+                              truncated=self._executor.truncated)
         finally:
             with self._lock:
                 self._running_thread = None
@@ -123,14 +137,7 @@ class InProcessKernel:
                 timer.cancel()
             _route.reset(token)
             self._sink = None
-        truncated = self._executor.truncated
-        if timed_out.is_set() and (outcome is None or outcome.status in ("interrupted", "ok")):
-            return KernelOutcome("timeout", error=timeout_error(timeout, outcome.error if outcome else None),
-                                 truncated=truncated)
-        if outcome is None:
-            return KernelOutcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
-                                 truncated=truncated)
-        return KernelOutcome(outcome.status, outcome.result, outcome.error, truncated=truncated)
+        return timed_out(outcome, timeout) if expired.is_set() else outcome
 
     def interrupt(self) -> bool:
         """Inject KeyboardInterrupt into the running cell's thread."""
@@ -162,12 +169,13 @@ class InProcessKernel:
 class InProcessBackend:
     """Makes InProcessKernels."""
 
-    name = "inprocess"
+    name: ClassVar[str] = "inprocess"
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def __call__(self, namespace_id: str) -> InProcessKernel:
+    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> InProcessKernel:
+        """A fresh namespace dict (nothing to wait for)."""
         return InProcessKernel(self.config["repr_limit_bytes"])
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import codecs
+import enum
+import fcntl
 import os
 import secrets
 import selectors
@@ -11,16 +12,17 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
-from ..results import ErrorInfo
+from ..results import Outcome
 from . import protocol
-from .base import KernelOutcome, OutputSink, timeout_error
+from .base import NamespaceOptions, OutputSink, timed_out, timeout_error
 from .forkserver import ForkServer, ForkServerError
+from .pipes import CellIO, OutputPipe
 
-READ_SIZE = 1 << 16
 PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
 DRAIN_AFTER_RESULT = 5.0  # seconds to wait for the output sentinels once the result is in
 DRAIN_AFTER_DEATH = 1.0  # a grandchild may hold the pipes open after the worker died
 
@@ -39,74 +41,11 @@ def describe_status(status: int | None) -> str:
     return f"exited with code {code}"
 
 
-Item = str | int  # text to forward, or the seq of a display that goes here
+class ExitReason(enum.Enum):
+    """Why the server itself stopped a worker (as jupyter_client's _ShutdownStatus)."""
 
-
-class _Stream:
-    """One output pipe: decode incrementally, find the in-band markers, yield text and displays."""
-
-    def __init__(self, fd: int, prefix: bytes) -> None:
-        self.fd = fd
-        self.prefix = prefix
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._held = b""
-        self.seen_end = False
-        self.eof = False
-        self.leftover = b""  # bytes that came after END: they belong to the next cell
-
-    def reset(self) -> bytes:
-        """Start a new cell; returns output that arrived between cells."""
-        self.seen_end = False
-        early, self.leftover = self.leftover, b""
-        return early
-
-    def _text(self, data: bytes) -> list[Item]:
-        text = self._decoder.decode(data, final=False)
-        return [text] if text else []
-
-    def feed(self, data: bytes) -> list[Item]:
-        """Text and display places in data; a partial marker at the end is held back."""
-        if self.seen_end:
-            self.leftover += data
-            return []
-        data = self._held + data
-        self._held = b""
-        items: list[Item] = []
-        while True:
-            at = data.find(self.prefix)
-            if at < 0:
-                break
-            close = data.find(b"\x00", at + len(self.prefix))
-            if close < 0:
-                items += self._text(data[:at])
-                self._held = data[at:]
-                return items
-            items += self._text(data[:at])
-            tag = data[at + len(self.prefix):close]
-            data = data[close + 1:]
-            if tag == b"END":
-                self.seen_end = True
-                self.leftover += data
-                return items
-            if tag.startswith(b"D") and tag[1:].isdigit():
-                items.append(int(tag[1:]))
-        # Hold back the longest tail that could be the start of a marker.
-        for keep in range(min(len(self.prefix) - 1, len(data)), 0, -1):
-            if self.prefix.startswith(data[-keep:]):
-                self._held = data[-keep:]
-                data = data[:-keep]
-                break
-        return items + self._text(data)
-
-    def release_held(self) -> list[Item]:
-        """What was held back as a possible marker, as text: no marker follows this cell's output."""
-        held, self._held = self._held, b""
-        return self._text(held)
-
-    def flush(self) -> str:
-        """Whatever is held back, at the end of output."""
-        held, self._held = self._held, b""
-        return self._decoder.decode(held, final=True)
+    DELETED = "deleted"
+    RESTARTED = "restarted"
 
 
 class Worker:
@@ -122,9 +61,7 @@ class Worker:
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)  # only our read ends; the worker's write ends stay blocking
             try:
-                import fcntl
-
-                fcntl.fcntl(fd, 1031, PIPE_SIZE)  # F_SETPIPE_SZ: fewer wake-ups on big output
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups on big output
             except OSError:
                 pass
         child_fds = [ctl_child.fileno(), query_child.fileno(), out_w, err_w]
@@ -145,15 +82,15 @@ class Worker:
         self.query = query
         self.query.settimeout(10.0)
         self.query_lock = threading.Lock()
-        self.stdout = _Stream(out_r, self.prefix)
-        self.stderr = _Stream(err_r, self.prefix)
+        self.stdout = OutputPipe(out_r, self.prefix)
+        self.stderr = OutputPipe(err_r, self.prefix)
         self.reader = protocol.FrameReader()
         # One selector for the worker's life: making one per cell cost four syscalls a cell.
         self.selector = selectors.DefaultSelector()
         for stream in (self.stdout, self.stderr):
             self.selector.register(stream.fd, selectors.EVENT_READ, stream)
         self.selector.register(self.ctl, selectors.EVENT_READ, None)
-        self.expected_exit: str | None = None  # why we are stopping it, when we are
+        self.expected_exit: ExitReason | None = None  # why we are stopping it, when we are
         self._closed = False
 
     @property
@@ -293,7 +230,7 @@ class ProcessKernel:
             self._closing = True
             worker, self._worker = self._worker, None
         if worker is not None:
-            worker.expected_exit = "deleted"
+            worker.expected_exit = ExitReason.DELETED
             worker.shutdown()
             worker.close()
 
@@ -302,7 +239,7 @@ class ProcessKernel:
         with self._lifecycle:
             old = self._worker
             if old is not None:
-                old.expected_exit = "restarted"
+                old.expected_exit = ExitReason.RESTARTED
                 old.shutdown()
                 if not self._busy:
                     old.close()  # else the runner still reads it, and closes it when done
@@ -342,7 +279,7 @@ class ProcessKernel:
     # -- execution --
 
     def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> KernelOutcome:
+                timeout: float | None, repr_limit: int | None = None) -> Outcome:
         """Run a cell in the worker, forwarding its output as it comes; handles timeout and death."""
         worker = self._worker
         if worker is None or self._closing:
@@ -373,8 +310,8 @@ class ProcessKernel:
                 self._worker = self._spawn()
 
     def _run(self, worker: Worker, code: str, execution_count: int, sink: OutputSink,
-             timeout: float | None, repr_limit: int | None) -> KernelOutcome:
-        io = _CellIO(worker, sink)
+             timeout: float | None, repr_limit: int | None) -> Outcome:
+        io = CellIO(worker, sink)
         for stream in (worker.stdout, worker.stderr):
             early = stream.reset()
             if early:
@@ -385,11 +322,11 @@ class ProcessKernel:
         try:
             worker.ctl.sendall(protocol.encode(message))
         except OSError:
-            return self._died(worker, io, timed_out=False)
+            return self._died(worker, io, deadline_passed=False)
         deadline = time.monotonic() + timeout if timeout is not None else None
         kill_at: float | None = None
         drain_until: float | None = None
-        timed_out = False
+        deadline_passed = False
         while True:
             now = time.monotonic()
             if io.reply is not None:
@@ -404,30 +341,26 @@ class ProcessKernel:
                     drain_until = now + DRAIN_AFTER_RESULT
                 elif now >= drain_until:
                     break
-            if deadline is not None and not timed_out and now >= deadline:
-                timed_out = True
+            if deadline is not None and not deadline_passed and now >= deadline:
+                deadline_passed = True
                 worker.signal(signal.SIGINT)
                 kill_at = now + self.interrupt_grace
             if kill_at is not None and io.reply is None and now >= kill_at:
                 worker.kill()
-                return self._died(worker, io, timed_out=True, timeout=timeout)
-            wake = [t for t in (None if timed_out else deadline, kill_at, drain_until)
+                return self._died(worker, io, deadline_passed=True, timeout=timeout)
+            wake = [t for t in (None if deadline_passed else deadline, kill_at, drain_until)
                     if t is not None]
             # Wake at least every 0.5 s to notice a worker that died while a grandchild
             # still holds its sockets open.
             io.pump(min([0.5] + [max(t - now, 0.0) for t in wake]))
             if io.closed or (io.reply is None and not worker.is_alive()):
-                return self._died(worker, io, timed_out, timeout)
+                return self._died(worker, io, deadline_passed, timeout)
         io.flush_displays()
-        reply = io.reply
-        error = ErrorInfo.from_dict(reply["error"]) if reply.get("error") else None
-        truncated = bool(reply.get("truncated"))
-        if timed_out and reply["status"] in ("interrupted", "ok"):
-            return KernelOutcome("timeout", error=timeout_error(timeout, error), truncated=truncated)
-        return KernelOutcome(reply["status"], reply.get("result"), error, truncated=truncated)
+        outcome = Outcome.from_dict(io.reply)
+        return timed_out(outcome, timeout) if deadline_passed else outcome
 
-    def _died(self, worker: Worker, io: _CellIO, timed_out: bool,
-              timeout: float | None = None) -> KernelOutcome:
+    def _died(self, worker: Worker, io: CellIO, deadline_passed: bool,
+              timeout: float | None = None) -> Outcome:
         """The worker is gone mid-cell: collect its last output, report, and replace it."""
         status = worker.wait(2.0)
         if status is None:
@@ -438,116 +371,22 @@ class ProcessKernel:
         why = worker.expected_exit
         if why is None:
             self._replace_dead(worker)
-        if timed_out:
-            return KernelOutcome("timeout", error=timeout_error(timeout, None, self.interrupt_grace),
-                                 restarted=True)
-        if why is not None:
-            return KernelOutcome("error", error=ErrorInfo(
-                "NamespaceRestarted" if why == "restarted" else "NamespaceDeleted",
-                f"the namespace was {why} while the cell ran", ""), restarted=why == "restarted")
-        return KernelOutcome("error", error=ErrorInfo(
-            "WorkerDied",
-            f"the worker process {describe_status(status)} while running the cell; the "
-            "namespace was restarted empty", ""), restarted=True)
-
-
-class _CellIO:
-    """The server's side of one running cell: reads the pipes and the control socket, and puts
-    text and displays into the sink in the order the cell produced them."""
-
-    def __init__(self, worker: Worker, sink: OutputSink) -> None:
-        self.worker = worker
-        self.sink = sink
-        self.writers = {worker.stdout.fd: sink.write_stdout, worker.stderr.fd: sink.write_stderr}
-        self.displays: dict[int, dict[str, Any]] = {}
-        self.reply: dict[str, Any] | None = None
-        self.closed = False  # the control socket reached EOF: the worker is gone
-        self.selector = worker.selector  # EOFs unregister there for good
-
-    def emit(self, stream: _Stream, items: list[Item]) -> None:
-        """Forward text, and each display at its marker."""
-        write = self.writers[stream.fd]
-        for item in items:
-            if isinstance(item, str):
-                write(item)
-                continue
-            bundle = self._display(item)
-            if bundle is not None:
-                self.sink.add_display(bundle)
-
-    def _display(self, seq: int) -> dict[str, Any] | None:
-        # The worker sends a display's bundle before writing its marker: it is on its way.
-        deadline = time.monotonic() + 5.0
-        while seq not in self.displays and not self.closed and time.monotonic() < deadline:
-            ready = selectors.DefaultSelector()
-            ready.register(self.worker.ctl, selectors.EVENT_READ)
-            try:
-                if ready.select(max(deadline - time.monotonic(), 0)):
-                    self._read_ctl()
-            finally:
-                ready.close()
-        return self.displays.pop(seq, None)
-
-    def _read_ctl(self) -> None:
-        # Never block: readiness seen by pump() may be stale once _display() has read the socket.
-        try:
-            data = self.worker.ctl.recv(READ_SIZE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            if self.worker.ctl.fileno() in self.selector.get_map():
-                self.selector.unregister(self.worker.ctl)
-            return
-        for message in self.worker.reader.feed(data):
-            if message["op"] == "display":
-                self.displays[int(message["seq"])] = message["data"]
-            elif message["op"] == "result":
-                self.reply = message
-
-    def _read_pipe(self, stream: _Stream) -> None:
-        try:
-            data = os.read(stream.fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            stream.eof = True
-            self.selector.unregister(stream.fd)
-            self.writers[stream.fd](stream.flush())
-            return
-        self.emit(stream, stream.feed(data))
-
-    def pump(self, timeout: float) -> None:
-        """Handle whatever becomes readable within timeout seconds."""
-        for key, _ in self.selector.select(timeout):
-            if key.data is None:
-                self._read_ctl()
-            else:
-                self._read_pipe(key.data)
-
-    def drain_to_eof(self, limit: float) -> None:
-        """Read the pipes until EOF, for at most limit seconds (a grandchild may hold them)."""
-        end = time.monotonic() + limit
-        if self.worker.ctl.fileno() in self.selector.get_map():
-            self.selector.unregister(self.worker.ctl)
-        while self.selector.get_map() and time.monotonic() < end:
-            for key, _ in self.selector.select(max(end - time.monotonic(), 0)):
-                self._read_pipe(key.data)
-
-    def flush_displays(self) -> None:
-        """Displays whose marker never came (the cell redirected fd 1): at the end, in order."""
-        for seq in sorted(self.displays):
-            self.sink.add_display(self.displays.pop(seq))
+        if deadline_passed:
+            return Outcome("timeout", error=timeout_error(timeout, None, self.interrupt_grace),
+                           restarted=True)
+        if why is ExitReason.RESTARTED:
+            return Outcome.failed("NamespaceRestarted", "the namespace was restarted while the cell "
+                                  "ran", restarted=True)
+        if why is ExitReason.DELETED:
+            return Outcome.failed("NamespaceDeleted", "the namespace was deleted while the cell ran")
+        return Outcome.failed("WorkerDied", f"the worker process {describe_status(status)} while "
+                              "running the cell; the namespace was restarted empty", restarted=True)
 
 
 class ProcessBackend:
     """Makes ProcessKernels, all forked from one fork server owned by this backend."""
 
-    name = "process"
+    name: ClassVar[str] = "process"
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -555,7 +394,8 @@ class ProcessBackend:
         self.forkserver = ForkServer()
         self.forkserver.start()
 
-    def __call__(self, namespace_id: str) -> ProcessKernel:
+    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> ProcessKernel:
+        """A kernel with its worker forked and ready."""
         return ProcessKernel(self.forkserver, self.options, self.config["interrupt_grace"])
 
     def close(self) -> None:

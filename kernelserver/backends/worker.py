@@ -24,6 +24,7 @@ import types
 from typing import Any
 
 from ..executor import Executor
+from ..results import ErrorInfo, Outcome
 from . import protocol
 
 _libc: Any = None
@@ -198,14 +199,15 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
             break
         if op != "execute":
             continue
-        outcome: Any = None
         try:
             interruptible.running = True
             outcome = executor.run(message["code"], int(message["execution_count"]),
                                    message.get("repr_limit"))
             interruptible.running = False
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # landed just outside the cell's own try block
             interruptible.running = False
+            outcome = Outcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
+                              truncated=executor.truncated)
         _flush_all()
         # The server must have read all of this cell's output before it answers. Pipes it has
         # already emptied say so at once ("drained"); otherwise END markers, read after the
@@ -214,13 +216,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         if not drained:
             os.write(out_pipe, protocol.marker(prefix, b"END"))
             os.write(err_pipe, protocol.marker(prefix, b"END"))
-        reply: dict[str, Any] = {"op": "result", "drained": drained, "truncated": executor.truncated}
-        if outcome is None:
-            reply.update(status="interrupted", result=None, error={
-                "ename": "KeyboardInterrupt", "evalue": "", "traceback": ""})
-        else:
-            reply.update(status=outcome.status, result=outcome.result,
-                         error=outcome.error.to_dict() if outcome.error else None)
+        reply = {"op": "result", "drained": drained, **outcome.to_dict()}
         with send_lock:
             try:
                 protocol.send(ctl, reply)

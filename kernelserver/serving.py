@@ -1,6 +1,10 @@
-"""gunicorn's gthread worker, hardened so stalled or lingering clients cannot stop the server.
+"""How kernelserver runs under gunicorn: its options, and the gthread worker, hardened.
 
-Two holes in the stock worker, both closed here:
+Exactly one worker process (namespaces live in its memory) with many threads, no silence timeout
+(a long cell is not a hung worker), and the worker's exit hook stops every namespace.
+
+The stock gthread worker has holes that let stalled or lingering clients stop the server; the
+worker class here closes them:
 
 - gthread hands a connection to a thread as soon as some bytes arrive; the thread then blocks
   until the whole request is read. Without a socket timeout (kernelserver runs gunicorn with
@@ -27,19 +31,21 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import queue
 import selectors
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
 from .allocator import release_large_blocks
+from .encoding import dumps
+from .errors import HeadersTooLarge
 
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close
 LINGER_DRAIN_BYTES = 65536
@@ -50,8 +56,8 @@ READ_CHUNK = 65536
 
 
 def _too_large_answer() -> bytes:
-    body = json.dumps({"error": {"code": "headers_too_large", "message": (
-        f"the request's headers are larger than {MAX_HEAD_BYTES} bytes")}}).encode()
+    body = dumps(HeadersTooLarge(
+        f"the request's headers are larger than {MAX_HEAD_BYTES} bytes").to_dict())
     return (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
@@ -334,3 +340,53 @@ class ReadTimeoutWorker(ThreadWorker):
 def worker_class(read_timeout: float) -> type[ReadTimeoutWorker]:
     """A worker class bound to this read timeout (gunicorn takes a class, not an instance)."""
     return type("KernelserverWorker", (ReadTimeoutWorker,), {"read_timeout": read_timeout})
+
+
+def gunicorn_options(config: dict[str, Any], certfile: str | None, keyfile: str | None) -> dict[str, Any]:
+    """The gunicorn settings kernelserver needs: one gthread worker, no worker timeout."""
+    host = config["host"]
+    bind_host = f"[{host}]" if ":" in host else host
+    options: dict[str, Any] = {
+        "bind": f"{bind_host}:{config['port']}",
+        "workers": 1,  # namespaces live in the worker's memory: exactly one
+        "worker_class": worker_class(config["request_read_timeout"]),
+        "threads": config["threads"],
+        "timeout": 0,  # a long cell is not a hung worker
+        "graceful_timeout": 15,
+        "keepalive": 75,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "kernelserver",
+    }
+    if certfile:
+        options["certfile"] = certfile
+        options["keyfile"] = keyfile
+    return options
+
+
+def _close_service(server: Any, worker: Any) -> None:
+    """gunicorn's worker_exit hook: SIGTERM and friends stop every namespace before the exit."""
+    app = getattr(worker, "wsgi", None)
+    app = getattr(app, "__wrapped__", app)  # the worker wraps the app it loaded
+    service = getattr(app, "extensions", {}).get("kernelserver") if app else None
+    if service is not None:
+        service.close()
+
+
+def run_gunicorn(config: dict[str, Any], options: dict[str, Any],
+                 load: Callable[[], Any] | None = None) -> None:
+    """Serve create_app(config) (or what load returns) under gunicorn with these options (blocks)."""
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {**options, "worker_exit": _close_service}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return load() if load is not None else create_app(config)
+
+    Application().run()

@@ -1,0 +1,128 @@
+"""The pinned v1 routes (DESIGN.md section 3): parse the request, call the service, render."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from flask import Blueprint, Response
+
+from .errors import BadRequest
+from .namespace import Cell
+from .params import (
+    current_service,
+    field_bool,
+    field_float,
+    field_int,
+    field_limit,
+    field_str,
+    params,
+)
+from .streaming import execution_response, json_response, ndjson_response
+
+bp = Blueprint("v1", __name__)
+
+
+@bp.get("/health")
+def health() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.post("/env/create")
+def env_create() -> Response:
+    namespace_id = field_str(params(), "id")
+    service = current_service()
+    created = service.create(namespace_id)
+    return json_response({"id": namespace_id, "created": created, "envs": service.ids()},
+                         201 if created else 200)
+
+
+@bp.post("/env/delete")
+def env_delete() -> Response:
+    namespace_id = field_str(params(), "id")
+    service = current_service()
+    service.delete(namespace_id)
+    return json_response({"id": namespace_id, "deleted": True, "envs": service.ids()})
+
+
+@bp.post("/env/get")
+def env_get() -> Response:
+    namespace_id = field_str(params(), "id")
+    return json_response(current_service().describe(namespace_id).to_dict())
+
+
+@bp.get("/env/list")
+def env_list() -> Response:
+    return json_response({"envs": [info.to_dict() for info in current_service().namespaces()]})
+
+
+@bp.post("/env/interrupt")
+def env_interrupt() -> Response:
+    namespace_id = field_str(params(), "id")
+    return json_response({"id": namespace_id,
+                          "interrupted": current_service().interrupt(namespace_id)})
+
+
+@bp.post("/env/restart")
+def env_restart() -> Response:
+    namespace_id = field_str(params(), "id")
+    return json_response(current_service().restart(namespace_id).to_dict())
+
+
+@bp.post("/")
+@bp.post("/execute")
+def execute() -> Response:
+    data = params()
+    namespace_id = field_str(data, "id", "default")
+    code = field_str(data, "code")
+    timeout = field_float(data, "timeout")
+    wait = field_float(data, "wait")
+    stream = field_bool(data, "stream")
+    cancel = field_bool(data, "cancel_on_disconnect")
+    cell = Cell(code, timeout, output_cap=field_limit(data, "output_cap_bytes"),
+                repr_limit=field_limit(data, "repr_limit_bytes"))
+    service = current_service()
+    if stream:
+        execution = service.submit(namespace_id, cell)
+        return ndjson_response(service.stream(execution, cancel_on_disconnect=cancel))
+    # A caller that waits for the end may run the cell on its own thread (see Namespace.submit).
+    execution = service.submit(namespace_id, cell, inline=wait is None)
+    service.wait(execution, wait)
+    return execution_response(execution)
+
+
+@bp.get("/env/execution")
+def env_execution() -> Response:
+    data = params()
+    namespace_id = field_str(data, "id")
+    n = field_int(data, "n")
+    wait = field_float(data, "wait")
+    stream = field_bool(data, "stream")
+    service = current_service()
+    execution = service.execution(namespace_id, n)
+    if stream:
+        return ndjson_response(service.stream(execution))
+    service.wait(execution, wait or 0.0)
+    return execution_response(execution)
+
+
+@bp.get("/env/history")
+def env_history() -> Response:
+    data = params()
+    namespace_id = field_str(data, "id")
+    limit = field_int(data, "limit", 100)
+    if limit < 1:
+        raise BadRequest("field 'limit' must be at least 1")
+    return json_response({"id": namespace_id,
+                          "executions": current_service().history_of(namespace_id, limit)})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    # Hand-written and shipped in the package; tests validate real answers against it.
+    return Response(files("kernelserver").joinpath("openapi.json").read_bytes(),
+                    mimetype="application/json")
+
+
+@bp.get("/info")
+def info() -> Response:
+    return json_response(current_service().info())

@@ -1,0 +1,97 @@
+"""Who may call: the Host check on every request, then the token policy of the request's blueprint."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, request
+
+from .config import host_without_port, is_loopback
+from .errors import HostNotAllowed, Unauthorized
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """Against DNS rebinding: while bound to loopback, only loopback names (and allowed ones)."""
+
+    enabled: bool
+    allowed: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> HostCheck:
+        """On when the server is bound to a loopback address."""
+        return cls(is_loopback(config["host"]), frozenset(h.lower() for h in config["allowed_hosts"]))
+
+    def check(self, host_header: str) -> None:
+        """HostNotAllowed unless the Host header names this server."""
+        if not self.enabled:
+            return
+        host = host_without_port(host_header)
+        if not (is_loopback(host) or host.lower() in self.allowed):
+            raise HostNotAllowed(
+                f"Host {host_header!r} is not allowed: the server is bound to loopback; "
+                "use --allow-host to accept another name"
+            )
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How one front end's requests carry the token, and which of its paths need none."""
+
+    schemes: tuple[str, ...] = ("bearer",)  # Authorization: <scheme> <token>, lower case
+    query_param: str | None = None  # also ?<param>=<token> (browsers cannot set WebSocket headers)
+    public_paths: frozenset[str] = field(default_factory=frozenset)
+
+    def given(self, headers: Any, args: Any) -> str | None:
+        """The token the request carries, if it carries one the policy accepts."""
+        scheme, _, value = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() in self.schemes and value.strip():
+            return str(value.strip())
+        if self.query_param is not None and args.get(self.query_param):
+            return str(args[self.query_param])
+        return None
+
+    def check(self, path: str, headers: Any, args: Any, token: str | None) -> None:
+        """Unauthorized unless the path is public, auth is off, or the right token came."""
+        if token is None or path in self.public_paths:
+            return
+        given = self.given(headers, args)
+        if given is None:
+            shown = " or ".join(f"'Authorization: {s.capitalize()} <token>'" for s in self.schemes)
+            if self.query_param:
+                shown += f" or ?{self.query_param}=<token>"
+            raise Unauthorized(f"missing token: send {shown}")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("wrong token")
+
+
+V1_POLICY = TokenPolicy(public_paths=frozenset({"/health", "/openapi.json"}))
+
+
+class Guard:
+    """The app's before-request check: Host first, then the token policy of the blueprint."""
+
+    def __init__(self, token: str | None, hosts: HostCheck, default: TokenPolicy) -> None:
+        self.token = token
+        self.hosts = hosts
+        self.default = default  # for requests that matched no blueprint (404, 405)
+        self.policies: dict[str, TokenPolicy] = {}
+
+    def protect(self, blueprint: str, policy: TokenPolicy) -> None:
+        """Check the requests of this blueprint with policy."""
+        self.policies[blueprint] = policy
+
+    def __call__(self) -> None:
+        self.hosts.check(request.host)
+        policy = self.policies.get(request.blueprint or "", self.default)
+        policy.check(request.path, request.headers, request.args, self.token)
+
+
+def install(app: Flask, token: str | None, config: dict[str, Any]) -> Guard:
+    """Put the guard in front of every request of app; blueprints add their policies to it."""
+    guard = Guard(token, HostCheck.from_config(config), V1_POLICY)
+    app.before_request(guard)
+    app.extensions["kernelserver.guard"] = guard
+    return guard

@@ -1,0 +1,186 @@
+"""The server's side of a worker's output: the pipe demultiplexer and one running cell's I/O.
+
+A worker writes its cell's text to two pipes (fd 1 and 2) and sends displays and the result on
+its control socket. In-band markers in the pipes (see protocol.marker) place each display among
+the text and say where a cell's output ends; OutputPipe finds them in arbitrary reads, and CellIO
+puts text and displays into the sink in the order the cell produced them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import selectors
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .base import OutputSink
+
+if TYPE_CHECKING:
+    from .process import Worker
+
+READ_SIZE = 1 << 16
+
+
+Item = str | int  # text to forward, or the seq of a display that goes here
+
+
+class OutputPipe:
+    """One output pipe: decode incrementally, find the in-band markers, yield text and displays."""
+
+    def __init__(self, fd: int, prefix: bytes) -> None:
+        self.fd = fd
+        self.prefix = prefix
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = b""
+        self.seen_end = False
+        self.eof = False
+        self.leftover = b""  # bytes that came after END: they belong to the next cell
+
+    def reset(self) -> bytes:
+        """Start a new cell; returns output that arrived between cells."""
+        self.seen_end = False
+        early, self.leftover = self.leftover, b""
+        return early
+
+    def _text(self, data: bytes) -> list[Item]:
+        text = self._decoder.decode(data, final=False)
+        return [text] if text else []
+
+    def feed(self, data: bytes) -> list[Item]:
+        """Text and display places in data; a partial marker at the end is held back."""
+        if self.seen_end:
+            self.leftover += data
+            return []
+        data = self._held + data
+        self._held = b""
+        items: list[Item] = []
+        while True:
+            at = data.find(self.prefix)
+            if at < 0:
+                break
+            close = data.find(b"\x00", at + len(self.prefix))
+            if close < 0:
+                items += self._text(data[:at])
+                self._held = data[at:]
+                return items
+            items += self._text(data[:at])
+            tag = data[at + len(self.prefix):close]
+            data = data[close + 1:]
+            if tag == b"END":
+                self.seen_end = True
+                self.leftover += data
+                return items
+            if tag.startswith(b"D") and tag[1:].isdigit():
+                items.append(int(tag[1:]))
+        # Hold back the longest tail that could be the start of a marker.
+        for keep in range(min(len(self.prefix) - 1, len(data)), 0, -1):
+            if self.prefix.startswith(data[-keep:]):
+                self._held = data[-keep:]
+                data = data[:-keep]
+                break
+        return items + self._text(data)
+
+    def release_held(self) -> list[Item]:
+        """What was held back as a possible marker, as text: no marker follows this cell's output."""
+        held, self._held = self._held, b""
+        return self._text(held)
+
+    def flush(self) -> str:
+        """Whatever is held back, at the end of output."""
+        held, self._held = self._held, b""
+        return self._decoder.decode(held, final=True)
+
+
+class CellIO:
+    """The server's side of one running cell: reads the pipes and the control socket, and puts
+    text and displays into the sink in the order the cell produced them."""
+
+    def __init__(self, worker: Worker, sink: OutputSink) -> None:
+        self.worker = worker
+        self.sink = sink
+        self.writers = {worker.stdout.fd: sink.write_stdout, worker.stderr.fd: sink.write_stderr}
+        self.displays: dict[int, dict[str, Any]] = {}
+        self.reply: dict[str, Any] | None = None
+        self.closed = False  # the control socket reached EOF: the worker is gone
+        self.selector = worker.selector  # EOFs unregister there for good
+
+    def emit(self, stream: OutputPipe, items: list[Item]) -> None:
+        """Forward text, and each display at its marker."""
+        write = self.writers[stream.fd]
+        for item in items:
+            if isinstance(item, str):
+                write(item)
+                continue
+            bundle = self._display(item)
+            if bundle is not None:
+                self.sink.add_display(bundle)
+
+    def _display(self, seq: int) -> dict[str, Any] | None:
+        # The worker sends a display's bundle before writing its marker: it is on its way.
+        deadline = time.monotonic() + 5.0
+        while seq not in self.displays and not self.closed and time.monotonic() < deadline:
+            ready = selectors.DefaultSelector()
+            ready.register(self.worker.ctl, selectors.EVENT_READ)
+            try:
+                if ready.select(max(deadline - time.monotonic(), 0)):
+                    self._read_ctl()
+            finally:
+                ready.close()
+        return self.displays.pop(seq, None)
+
+    def _read_ctl(self) -> None:
+        # Never block: readiness seen by pump() may be stale once _display() has read the socket.
+        try:
+            data = self.worker.ctl.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            if self.worker.ctl.fileno() in self.selector.get_map():
+                self.selector.unregister(self.worker.ctl)
+            return
+        for message in self.worker.reader.feed(data):
+            if message["op"] == "display":
+                self.displays[int(message["seq"])] = message["data"]
+            elif message["op"] == "result":
+                self.reply = message
+
+    def _read_pipe(self, stream: OutputPipe) -> None:
+        try:
+            data = os.read(stream.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            stream.eof = True
+            self.selector.unregister(stream.fd)
+            self.writers[stream.fd](stream.flush())
+            return
+        self.emit(stream, stream.feed(data))
+
+    def pump(self, timeout: float) -> None:
+        """Handle whatever becomes readable within timeout seconds."""
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                self._read_ctl()
+            else:
+                self._read_pipe(key.data)
+
+    def drain_to_eof(self, limit: float) -> None:
+        """Read the pipes until EOF, for at most limit seconds (a grandchild may hold them)."""
+        end = time.monotonic() + limit
+        if self.worker.ctl.fileno() in self.selector.get_map():
+            self.selector.unregister(self.worker.ctl)
+        while self.selector.get_map() and time.monotonic() < end:
+            for key, _ in self.selector.select(max(end - time.monotonic(), 0)):
+                self._read_pipe(key.data)
+
+    def flush_displays(self) -> None:
+        """Displays whose marker never came (the cell redirected fd 1): at the end, in order."""
+        for seq in sorted(self.displays):
+            self.sink.add_display(self.displays.pop(seq))

@@ -1,0 +1,322 @@
+"""One named namespace: a kernel started on its own thread, a FIFO of cells, and its watchers."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends.base import Kernel
+from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
+from .execution import Execution, utcnow_iso
+from .history import History
+from .results import ErrorInfo, NamespaceState, Outcome, StateEvent
+from .subscriptions import Hub, NamespaceSubscription
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell to run, with the limits a request set for it (None: the server's)."""
+
+    code: str
+    timeout: float | None = None
+    output_cap: int | None = None
+    repr_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """A namespace as /env/get and /env/list show it."""
+
+    id: str
+    state: NamespaceState
+    execution_count: int
+    created_at: str
+    last_activity: str
+    details: dict[str, Any] = field(default_factory=dict)  # the backend's: pid, memory_rss
+    variables: list[dict[str, Any]] | None = None  # only when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form pinned in DESIGN.md section 3."""
+        data: dict[str, Any] = {"id": self.id, "state": self.state,
+                                "execution_count": self.execution_count,
+                                "created_at": self.created_at, "last_activity": self.last_activity}
+        data.update(self.details)
+        if self.variables is not None:
+            data["variables"] = self.variables
+        return data
+
+
+class Namespace:
+    """One named namespace: its kernel, its queue of executions and the thread that runs them.
+
+    The kernel starts on the namespace's own thread: until it is up the state is `starting`,
+    cells queue, and everyone who asked for the namespace waits on the same start.
+    """
+
+    def __init__(self, namespace_id: str, start: Callable[[], Kernel], config: dict[str, Any],
+                 history: History | None = None,
+                 on_failed: Callable[[Namespace], None] | None = None) -> None:
+        self.id = namespace_id
+        self.config = config
+        self.created_at = utcnow_iso()
+        self.last_activity = self.created_at
+        self.history = history
+        self.hub = Hub()
+        self.kernel: Kernel | None = None  # None while starting
+        self._start = start
+        self._on_failed = on_failed
+        self._started = threading.Event()  # the kernel is up, or will never be
+        self._start_error: str | None = None
+        # execution_count never repeats for an id: continue after what history holds.
+        self._next_count = (history.max_count(namespace_id) if history else 0) + 1
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Execution | None] = queue.Queue()
+        self._executions: OrderedDict[int, Execution] = OrderedDict()
+        self._current: Execution | None = None
+        self._pending = 0  # submitted and not finished: queued, or running here or inline
+        self._cancelled: set[int] = set()  # queued cells answered already, for the runner to skip
+        self._run_lock = threading.Lock()  # held by whichever thread runs a cell
+        self._closed = False
+        self._runner = threading.Thread(target=self._main, name=f"ns-{namespace_id}", daemon=True)
+        self._runner.start()
+
+    @property
+    def state(self) -> NamespaceState:
+        """dead once closed; starting until the kernel is up; busy while cells wait or run."""
+        if self._closed:
+            return "dead"
+        if self.kernel is None:
+            return "starting"
+        return "busy" if self._pending else "idle"
+
+    @property
+    def execution_count(self) -> int:
+        """The number of the latest submitted execution (0 before any)."""
+        return self._next_count - 1
+
+    # -- start --
+
+    def _main(self) -> None:
+        try:
+            kernel = self._start()
+        except NamespaceUnavailable as exc:
+            self._start_failed(str(exc))
+            return
+        except Exception as exc:  # a backend's failure to start is the namespace's, not ours
+            self._start_failed(f"could not start namespace {self.id!r}: {exc}")
+            return
+        with self._lock:
+            keep = not self._closed
+            if keep:
+                self.kernel = kernel
+        self._started.set()
+        if not keep:  # deleted, or given up on, while it started
+            kernel.close()
+            return
+        self._run_loop()
+
+    def wait_started(self, timeout: float) -> None:
+        """Block until the kernel is up; NamespaceUnavailable if it failed or took over timeout s."""
+        if not self._started.wait(timeout):
+            self._start_failed(f"namespace {self.id!r} did not start within {timeout:g} s "
+                               "(start_timeout); it was abandoned")
+        with self._lock:
+            error = self._start_error
+        if error is not None:
+            raise NamespaceUnavailable(error)
+
+    def _start_failed(self, message: str) -> None:
+        """The start failed or was given up on: fail its waiters and queued cells, go away."""
+        with self._lock:
+            if self.kernel is not None or self._start_error is not None:
+                return  # up after all, or already failed
+            self._start_error = message
+            self._closed = True
+        self._started.set()
+        self._cancel_queued(Outcome.failed("NamespaceUnavailable", message))
+        self.hub.publish(None, StateEvent("dead"))
+        if self._on_failed is not None:
+            self._on_failed(self)
+
+    # -- cells --
+
+    def submit(self, cell: Cell, inline: bool = False) -> Execution:
+        """Queue a cell; it runs after every cell submitted before it.
+
+        With inline, a cell submitted to an idle namespace runs in the calling thread, which
+        returns once it has finished: a caller that waits for the end anyway saves two thread
+        hand-offs. Only backends whose cells run in another process allow it.
+        """
+        with self._lock:
+            if self._closed:
+                raise NamespaceUnavailable(f"namespace {self.id!r} is being deleted")
+            if self._queue.qsize() >= self.config["max_queued"]:
+                raise QueueFull(
+                    f"namespace {self.id!r} already has {self.config['max_queued']} executions "
+                    "queued; wait for them or interrupt"
+                )
+            cap = self.config["output_cap_bytes"] if cell.output_cap is None else cell.output_cap
+            execution = Execution(self.id, self._next_count, cell.code, cap, cell.timeout,
+                                  cell.repr_limit, hub=self.hub)
+            self._next_count += 1
+            self._executions[execution.execution_count] = execution
+            self._forget_old()
+            self.last_activity = utcnow_iso()
+            if self.history is not None:
+                self.history.record_submitted(self.id, execution.execution_count, cell.code,
+                                              execution.submitted_at)
+            kernel = self.kernel
+            run_here = inline and self._pending == 0 and kernel is not None and kernel.runs_inline
+            self._pending += 1
+            if not run_here:
+                self._queue.put(execution)
+        if run_here:
+            self._run_one(execution)
+        return execution
+
+    def _forget_old(self) -> None:
+        keep = self.config["keep_executions"]
+        while len(self._executions) > keep:
+            oldest = next(iter(self._executions.values()))
+            if not oldest.finished:
+                break
+            self._executions.popitem(last=False)
+
+    def execution(self, n: int) -> Execution:
+        """A kept execution by number, else ExecutionNotFound."""
+        with self._lock:
+            found = self._executions.get(n)
+        if found is None:
+            raise ExecutionNotFound(f"no execution {n} in namespace {self.id!r}")
+        return found
+
+    def _run_loop(self) -> None:
+        while True:
+            execution = self._queue.get()
+            if execution is None:
+                return
+            self._run_one(execution)
+
+    def _run_one(self, execution: Execution) -> None:
+        with self._run_lock:
+            with self._lock:
+                cancelled = execution.execution_count in self._cancelled
+                self._cancelled.discard(execution.execution_count)
+                skip = cancelled or self._closed
+                if not skip:
+                    self._current = execution
+            if skip:
+                if not cancelled:  # a cancelled one was answered when it was cancelled
+                    execution.finish(Outcome.failed(
+                        "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran"))
+            else:
+                execution.start()
+                kernel = self.kernel
+                assert kernel is not None  # cells run only once the kernel is up
+                try:
+                    outcome = kernel.execute(execution.code, execution.execution_count, execution,
+                                             execution.timeout, execution.repr_limit)
+                except Exception as exc:  # a backend bug must not kill the runner
+                    outcome = Outcome.failed("KernelServerError",
+                                             f"internal error running the cell: {exc}")
+                execution.finish(outcome)
+            with self._lock:
+                self._current = None
+                self._pending -= 1
+                self.last_activity = utcnow_iso()
+        if not cancelled:
+            self._record(execution)
+
+    def _record(self, execution: Execution) -> None:
+        final = execution.final
+        if self.history is not None and final is not None:
+            self.history.record_finished(final)
+
+    def _finish_early(self, execution: Execution, outcome: Outcome) -> None:
+        """Answer a cell that will not run, and record it."""
+        if execution.finish(outcome):
+            self._record(execution)
+
+    def interrupt(self) -> bool:
+        """Interrupt the running cell, if any."""
+        with self._lock:
+            running = self._current is not None
+            kernel = self.kernel
+        return running and kernel is not None and kernel.interrupt()
+
+    def cancel(self, execution: Execution) -> bool:
+        """Stop this one execution: interrupt it if it runs, drop it if it waits; else False."""
+        with self._lock:
+            if execution.finished or execution.execution_count in self._cancelled:
+                return False
+            running = self._current is execution
+            if not running:
+                # Marked under the lock the runner takes before it starts a cell: either the
+                # runner sees the mark and skips the cell, or it is running and gets interrupted.
+                self._cancelled.add(execution.execution_count)
+            kernel = self.kernel
+        if running:
+            return kernel is not None and kernel.interrupt()
+        self._finish_early(execution, Outcome("interrupted", error=ErrorInfo(
+            "KeyboardInterrupt", "the cell was cancelled before it ran", "")))
+        return True
+
+    def subscribe(self) -> NamespaceSubscription:
+        """Every event of every cell from now on, whoever submitted it."""
+        return NamespaceSubscription(self.id, self.hub)
+
+    # -- lifecycle --
+
+    def restart(self) -> None:
+        """Cancel what is queued, stop what runs, and give the namespace a fresh kernel."""
+        self.wait_started(self.config["start_timeout"])
+        assert self.kernel is not None
+        self.hub.publish(None, StateEvent("restarting"))
+        self._cancel_queued(Outcome.failed(
+            "NamespaceRestarted", f"namespace {self.id!r} was restarted before the cell ran"))
+        self.kernel.restart()
+        self.last_activity = utcnow_iso()
+        self.hub.publish(None, StateEvent("idle"))
+
+    def _cancel_queued(self, outcome: Outcome) -> None:
+        while True:
+            try:
+                execution = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if execution is None:
+                self._queue.put(None)
+                return
+            with self._lock:
+                self._pending -= 1
+                self._cancelled.discard(execution.execution_count)
+            self._finish_early(execution, outcome)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the runner and release the kernel; waits (bounded) for the running cell to end."""
+        with self._lock:
+            self._closed = True
+            if self.kernel is None and self._start_error is None:
+                self._start_error = f"namespace {self.id!r} was deleted while it started"
+            kernel = self.kernel
+        self._cancel_queued(Outcome.failed(
+            "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran"))
+        if kernel is not None:
+            kernel.close()
+        self._queue.put(None)
+        self._runner.join(timeout)
+        self.hub.publish(None, StateEvent("dead"))
+
+    def info(self, with_variables: bool = False) -> NamespaceInfo:
+        """The namespace's state, counters, the backend's details and, if asked, its variables."""
+        kernel = self.kernel
+        return NamespaceInfo(
+            id=self.id, state=self.state, execution_count=self.execution_count,
+            created_at=self.created_at, last_activity=self.last_activity,
+            details=kernel.details() if kernel is not None else {},
+            variables=(kernel.variables() if kernel is not None else []) if with_variables else None,
+        )

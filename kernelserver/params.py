@@ -1,0 +1,124 @@
+"""Reading a request: its fields from JSON, a form or the query string, each checked and typed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import current_app, request
+from werkzeug.exceptions import ClientDisconnected
+
+from .encoding import loads
+from .errors import BadRequest, LimitExceeded, RequestTimeout, UnsupportedMediaType
+from .service import Service
+
+
+def current_service() -> Service:
+    """The service of the app handling this request."""
+    service: Service = current_app.extensions["kernelserver"]
+    return service
+
+
+def params() -> Mapping[str, Any]:
+    """The request's fields, whichever way they were sent."""
+    if request.method == "GET":
+        return request.args
+    try:
+        return _body_params()
+    except (TimeoutError, ClientDisconnected):
+        # werkzeug reports a read that timed out as a disconnect.
+        raise RequestTimeout(
+            f"the request body stopped arriving for {current_service().config['request_read_timeout']:g} s; "
+            "send it whole") from None
+
+
+def _body_params() -> Mapping[str, Any]:
+    mimetype = request.mimetype
+    if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return request.form
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        raw = request.get_data(cache=True)
+        if not raw.strip():
+            return {}
+        try:
+            body = loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+    if not request.get_data(cache=True):
+        return request.args
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {mimetype!r}: send application/json or a form"
+    )
+
+
+def field_str(data: Mapping[str, Any], name: str, default: str | None = None) -> str:
+    """A required (or defaulted) string field."""
+    value = data.get(name, default)
+    if value is None:
+        raise BadRequest(f"missing field {name!r}")
+    if not isinstance(value, str):
+        raise BadRequest(f"field {name!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def field_float(data: Mapping[str, Any], name: str) -> float | None:
+    """An optional non-negative number (forms send it as text)."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise BadRequest(f"field {name!r} must be a number of seconds")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"field {name!r} must be a number of seconds, not {value!r}") from None
+    if not (0 <= number < 10**9):
+        raise BadRequest(f"field {name!r} must be between 0 and 1e9 seconds")
+    return number
+
+
+def field_int(data: Mapping[str, Any], name: str, default: int | None = None) -> int:
+    """An integer field (forms and query strings send it as text)."""
+    value = data.get(name, default)
+    if value is None:
+        raise BadRequest(f"missing field {name!r}")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadRequest(f"field {name!r} must be an integer, not {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"field {name!r} must be an integer, not {value!r}") from None
+    if not -(2**63) <= number < 2**63:  # SQLite's integers are 64-bit
+        raise BadRequest(f"field {name!r} is out of range")
+    return number
+
+
+def field_limit(data: Mapping[str, Any], name: str) -> int | None:
+    """An optional per-request size limit: 0 up to the server's setting of the same name."""
+    if data.get(name) in (None, ""):
+        return None
+    value = field_int(data, name)
+    ceiling = current_service().config[name]
+    if value < 0:
+        raise BadRequest(f"field {name!r} must be 0 or more")
+    if value > ceiling:
+        raise LimitExceeded(f"{name} {value} is above this server's limit of {ceiling}; a request "
+                            f"may only lower it (the server's setting {name} raises it)",
+                            limit=name, max=ceiling)
+    return value
+
+
+def field_bool(data: Mapping[str, Any], name: str) -> bool:
+    """An optional boolean field; forms may send true/false/1/0/yes/no."""
+    value = data.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no",
+                                                     "off", ""):
+        return value.lower() in ("true", "1", "yes", "on")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise BadRequest(f"field {name!r} must be true or false, not {value!r}")

@@ -1,0 +1,279 @@
+"""What the server does, for every front end: namespaces, cells, subscriptions, history, the probe.
+
+Front ends (the v1 HTTP API today; the Jupyter WebSocket and the console next) parse a request,
+call one method here and render what it returns. Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from . import tokenfile
+from .backends import load_backend
+from .backends.base import NamespaceOptions
+from .errors import ExecutionNotFound, NamespaceNotFound
+from .execution import Execution
+from .history import History, HistoryError
+from .namespace import Cell, Namespace, NamespaceInfo
+from .probe import PROBE_CODE, parse_probe_output
+from .registry import Registry, validate_id
+from .results import Event, ResultEvent
+from .subscriptions import NamespaceSubscription, Subscription
+
+PROBE_TTL = 30.0
+WAIT_SLICE = 1.0  # no single wait is unbounded, however long the caller is willing to wait
+
+
+class ServerLockError(RuntimeError):
+    """Another kernelserver process already serves this data dir."""
+
+
+def take_data_dir_lock(data_dir: Path) -> IO[str]:
+    """Lock the data dir for this process (HistoryError / ServerLockError say why not)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 - held for the app's life
+    except OSError as exc:
+        raise HistoryError(
+            f"cannot use the data dir {data_dir}: {exc.strerror}; choose another with "
+            "--data-dir or KERNELSERVER_DATA_DIR"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ServerLockError(
+            f"another kernelserver process already serves {data_dir}. Namespaces live in one "
+            "process: run gunicorn with exactly one worker (-w 1, threads for concurrency), "
+            "or give each server its own --data-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class CellStream:
+    """One client's live view of a cell: its events, and what its leaving does to the cell."""
+
+    def __init__(self, subscription: Subscription, keepalive: float,
+                 on_abandon: Callable[[], object] | None) -> None:
+        self.execution = subscription.execution
+        self._subscription = subscription
+        self._keepalive = keepalive
+        self._on_abandon = on_abandon
+        self._ended = False
+        self._closed = False
+
+    def events(self, gone: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        """The cell's events up to its result, with keepalives; stops once gone() says so."""
+        try:
+            for event in self._subscription.events(self._keepalive, gone=gone):
+                self._ended = isinstance(event, ResultEvent)
+                yield event
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """The client is done: unsubscribe, and cancel the cell if it asked for that (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._subscription.close()
+        if not self._ended and self._on_abandon is not None and not self.execution.finished:
+            self._on_abandon()
+
+
+class Service:
+    """The server's one piece of state, kept in app.extensions["kernelserver"]."""
+
+    def __init__(self, config: dict[str, Any], version: str) -> None:
+        self.config = config
+        self.version = version
+        # The credential every front end checks (auth.py), and the token file's content.
+        self.token: str | None = None if config["no_auth"] else config["token"]
+        self._lock_file = take_data_dir_lock(Path(config["data_dir"]))
+        try:
+            self.history = History(config["data_dir"])
+        except HistoryError:
+            self._release_lock()
+            raise
+        if self.token:
+            # For clients of this OS user on this machine (`kernelserver token`, the Client).
+            tokenfile.write(config["data_dir"], config["host"], config["port"], self.token)
+        self.backend = load_backend(config)
+        self.registry = Registry(config, self.backend, self.history)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._probe_cache: tuple[float, dict[str, Any]] | None = None
+
+    # -- namespaces --
+
+    def create(self, namespace_id: str, options: NamespaceOptions | None = None) -> bool:
+        """Start a namespace unless it exists; True if this call created it."""
+        return self.registry.create(namespace_id, options)[1]
+
+    def delete(self, namespace_id: str) -> None:
+        """Stop a namespace; its worker and memory are gone when this returns."""
+        self.registry.delete(namespace_id)
+
+    def ids(self) -> list[str]:
+        """Every namespace id, sorted."""
+        return self.registry.ids()
+
+    def describe(self, namespace_id: str, with_variables: bool = True) -> NamespaceInfo:
+        """One namespace's state, counters and (by default) variables."""
+        return self.registry.get(namespace_id).info(with_variables)
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        """Every namespace's info, without variables, sorted by id."""
+        return [namespace.info() for namespace in self.registry.list()]
+
+    def interrupt(self, namespace_id: str) -> bool:
+        """KeyboardInterrupt in the namespace's running cell; False when none runs."""
+        return self.registry.get(namespace_id).interrupt()
+
+    def restart(self, namespace_id: str) -> NamespaceInfo:
+        """A fresh, empty namespace under the same id; queued cells are cancelled."""
+        namespace = self.registry.get(namespace_id)
+        namespace.restart()
+        return namespace.info(with_variables=True)
+
+    def subscribe(self, namespace_id: str) -> NamespaceSubscription:
+        """Every event of every cell of a namespace from now on, whoever sent the cell."""
+        return self.registry.get(namespace_id).subscribe()
+
+    # -- cells --
+
+    def submit(self, namespace_id: str, cell: Cell, inline: bool = False) -> Execution:
+        """Queue a cell (the default namespace is created on first use); its live Execution.
+
+        With inline the caller's thread may run the cell itself and return once it is done
+        (see Namespace.submit): for callers that wait for the end anyway.
+        """
+        return self.registry.get_or_create_default(namespace_id).submit(cell, inline)
+
+    def wait(self, execution: Execution, seconds: float | None) -> bool:
+        """Wait until the execution finishes or seconds pass (None: no limit); True if finished."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not execution.finished:
+            remaining = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            execution.wait(remaining)
+        return execution.finished
+
+    def stream(self, execution: Execution, cancel_on_disconnect: bool = False) -> CellStream:
+        """A live feed of the execution from now on, its output so far first.
+
+        Subscribed here, before the caller reads anything: nothing printed in between is missed.
+        With cancel_on_disconnect, a client that leaves before the result cancels the cell.
+        """
+        subscription = execution.subscribe(replay=True)
+        on_abandon = (lambda: self.cancel(execution)) if cancel_on_disconnect else None
+        return CellStream(subscription, self.config["stream_keepalive"], on_abandon)
+
+    def cancel(self, execution: Execution) -> bool:
+        """Interrupt this execution if it runs, drop it if it is queued; False if it had ended."""
+        try:
+            namespace = self.registry.get(execution.id)
+        except NamespaceNotFound:
+            return False  # deleted: its cells are gone already
+        return namespace.cancel(execution)
+
+    # -- history --
+
+    def execution(self, namespace_id: str, n: int) -> Execution:
+        """Execution n of a namespace: live if still kept, else as recorded in history."""
+        validate_id(namespace_id)
+        live: Namespace | None = None
+        try:
+            live = self.registry.get(namespace_id)
+            return live.execution(n)
+        except (NamespaceNotFound, ExecutionNotFound):
+            pass
+        self.history.flush(timeout=5.0)
+        recorded = self.history.get(namespace_id, n)
+        if recorded is not None:
+            return Execution.recorded(recorded)
+        if live is None and not self.history.has(namespace_id):
+            raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
+                                    id=namespace_id)
+        raise ExecutionNotFound(f"no execution {n} in namespace {namespace_id!r}")
+
+    def history_of(self, namespace_id: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` executions of a namespace, oldest first."""
+        validate_id(namespace_id)
+        self.history.flush(timeout=5.0)
+        rows = self.history.list(namespace_id, limit)
+        if not rows and namespace_id not in self.registry.ids():
+            raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
+                                    id=namespace_id)
+        return rows
+
+    # -- the server --
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client cares about."""
+        keys = ("max_body_bytes", "max_namespaces", "max_queued", "output_cap_bytes",
+                "repr_limit_bytes", "interrupt_grace", "request_read_timeout")
+        return {key: self.config[key] for key in keys}
+
+    def probe(self) -> dict[str, Any]:
+        """The environment probe, run in a fresh worker, cached for PROBE_TTL seconds."""
+        with self._probe_lock:
+            cached = self._probe_cache
+            if cached is not None and time.monotonic() - cached[0] < PROBE_TTL:
+                return cached[1]
+            kernel = self.backend.start_kernel("probe", NamespaceOptions())
+            try:
+                sink = Execution("probe", 0, PROBE_CODE, 1 << 24)
+                sink.start()
+                outcome = kernel.execute(PROBE_CODE, 0, sink, 120.0)
+            finally:
+                kernel.close()
+            output = sink.stdout.getvalue()
+            found = parse_probe_output(output)
+            if found is None:
+                detail = outcome.error.evalue if outcome.error else output[-300:]
+                found = {"error": f"the probe failed: {detail}"}
+            else:
+                self._probe_cache = (time.monotonic(), found)
+            return found
+
+    def info(self) -> dict[str, Any]:
+        """Server version, backend, limits and the environment probe for /info."""
+        return {
+            "version": self.version,
+            "backend": self.config["backend"],
+            "auth": self.token is not None,
+            "limits": self.limits(),
+            "namespaces": len(self.registry.ids()),
+            "probe": self.probe(),
+        }
+
+    def _release_lock(self) -> None:
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        finally:
+            self._lock_file.close()
+
+    def close(self) -> None:
+        """Stop every namespace, flush history and release the data dir."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.registry.close()
+        self.backend.close()
+        self.history.close()
+        if self.token:
+            tokenfile.remove(self.config["data_dir"], self.token)
+        self._release_lock()

@@ -1,0 +1,200 @@
+"""Feeds of live events: one execution's (a v1 stream) or a whole namespace's (every cell, any sender)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from .results import Event, KeepaliveEvent, ResultEvent, StateEvent, StreamErrorEvent
+
+if TYPE_CHECKING:
+    from .execution import Execution
+
+# A streaming client may fall this many events behind (each at most one 64 KiB read) before
+# the cell waits for it, and the cell waits at most this long before cutting it off.
+LISTENER_QUEUE_EVENTS = 64
+LISTENER_STALL_SECONDS = 30.0
+# A namespace watcher never makes a cell wait (it may be someone else's cell): it is cut off at
+# once when this many events are waiting for it.
+WATCHER_QUEUE_EVENTS = 256
+
+
+class _Cut:
+    """Queued for a subscriber that was cut off for reading too slowly."""
+
+
+CUT = _Cut()
+
+
+@dataclass(frozen=True)
+class NamespaceEvent:
+    """One event of a namespace, with the live execution it belongs to (None for StateEvent)."""
+
+    execution: Execution | None
+    event: Event
+
+
+T = TypeVar("T")
+
+
+class Listener(Generic[T]):
+    """A bounded queue of events for one subscriber; one that falls too far behind is cut off."""
+
+    def __init__(self, size: int, stall: float) -> None:
+        self._queue: queue.Queue[T | _Cut] = queue.Queue(size)
+        self._stall = stall
+        self.cut = False
+
+    def offer(self, item: T) -> bool:
+        """Queue item, waiting up to the stall time for room; False once the subscriber is cut off."""
+        if self.cut:
+            return False
+        try:
+            if self._stall > 0:
+                self._queue.put(item, timeout=self._stall)
+            else:
+                self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.cut = True
+            while True:  # make room for the marker, so the reader learns why its feed ended
+                try:
+                    self._queue.put_nowait(CUT)
+                    return False
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def get(self, timeout: float) -> T | _Cut | None:
+        """The next item, or None when timeout seconds pass first."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class Hub:
+    """A namespace's watchers: the subscribers to every cell it runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Replaced, never mutated: executions read it on every write without a lock.
+        self.watchers: tuple[Listener[NamespaceEvent], ...] = ()
+
+    def add(self, listener: Listener[NamespaceEvent]) -> None:
+        """Start sending events to listener."""
+        with self._lock:
+            self.watchers = (*self.watchers, listener)
+
+    def remove(self, listener: Listener[NamespaceEvent]) -> None:
+        """Stop sending events to listener (idempotent)."""
+        with self._lock:
+            self.watchers = tuple(w for w in self.watchers if w is not listener)
+
+    def publish(self, execution: Execution | None, event: Event) -> None:
+        """Send event to every watcher; a watcher too far behind is cut off, never waited for."""
+        watchers = self.watchers
+        if not watchers:
+            return
+        item = NamespaceEvent(execution, event)
+        for watcher in watchers:
+            if not watcher.offer(item):
+                self.remove(watcher)
+
+
+class Subscription:
+    """One client's feed of an execution's events; close() it when the client is done."""
+
+    def __init__(self, execution: Execution, listener: Listener[Event] | None,
+                 backlog: list[Event]) -> None:
+        self.execution = execution
+        self._listener = listener
+        self._backlog = backlog
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        if self._listener is not None:
+            self.execution.unsubscribe(self._listener)
+
+    def events(self, keepalive: float, poll: float = 0.25,
+               gone: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        """The events, ending with the result; a keepalive after each silent interval.
+
+        Stops early once gone() says the client has disconnected.
+        """
+        try:
+            yield from self._backlog
+            if self._listener is None:
+                return
+            execution = self.execution
+            silent_since = time.monotonic()
+            while True:
+                event = self._listener.get(poll)
+                if event is None:
+                    if gone():
+                        return
+                    if time.monotonic() - silent_since >= keepalive:
+                        silent_since = time.monotonic()
+                        yield KeepaliveEvent(execution.status)
+                    continue
+                silent_since = time.monotonic()
+                if isinstance(event, _Cut):
+                    # This client stalled; the cell goes on, and its result stays fetchable.
+                    yield StreamErrorEvent(
+                        "stream_lagging", "the client read too slowly and the stream was cut; fetch "
+                        f"the result with GET /env/execution?id={execution.id}"
+                        f"&n={execution.execution_count}")
+                    return
+                yield event
+                if isinstance(event, ResultEvent):
+                    return
+        finally:
+            self.close()
+
+
+class NamespaceSubscription:
+    """Every event of every cell of one namespace, from subscription on, whoever sent the cell.
+
+    Ends with StateEvent("dead") when the namespace is deleted, or a StreamErrorEvent when the
+    subscriber fell too far behind.
+    """
+
+    def __init__(self, namespace_id: str, hub: Hub) -> None:
+        self.id = namespace_id
+        self._hub = hub
+        self._listener: Listener[NamespaceEvent] = Listener(WATCHER_QUEUE_EVENTS, stall=0)
+        self.closed = False
+        hub.add(self._listener)
+
+    def get(self, timeout: float) -> NamespaceEvent | None:
+        """The next event, or None when timeout seconds pass first (or once closed)."""
+        if self.closed:
+            return None
+        item = self._listener.get(timeout)
+        if item is None:
+            return None
+        if isinstance(item, _Cut):
+            self.close()
+            return NamespaceEvent(None, StreamErrorEvent(
+                "stream_lagging", f"the subscriber to namespace {self.id!r} read too slowly and "
+                "was cut off; subscribe again"))
+        if isinstance(item.event, StateEvent) and item.event.state == "dead":
+            self.close()
+        return item
+
+    def close(self) -> None:
+        """Stop receiving events (idempotent)."""
+        self.closed = True
+        self._hub.remove(self._listener)
+
+    def __enter__(self) -> NamespaceSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
