@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -91,6 +92,28 @@ def test_wait_answers_202_then_execution_has_the_result(server: LiveServer) -> N
     final = done.json()
     assert final["status"] == "ok" and final["stdout"] == "start\nend\n"
     assert final["result"] == {"text/plain": "'finished'"}
+
+
+def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: LiveServer) -> None:
+    create(server, "spare")
+    running = post(server, "/execute", {"id": "spare", "wait": 0,
+                                        "code": "import time\ntime.sleep(1.5)\n'finished'"}).json()
+    # A second client streams a cell that has to wait behind it, then goes away.
+    body = json.dumps({"id": "spare", "code": "print('must not run')", "stream": True,
+                       "cancel_on_disconnect": True}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer " + server.token.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        time.sleep(0.5)
+    first = requests.get(server.url + "/env/execution", headers=server.headers, timeout=30,
+                         params={"id": "spare", "n": running["execution_count"], "wait": 10}).json()
+    assert first["status"] == "ok" and first["result"] == {"text/plain": "'finished'"}
+    second = requests.get(server.url + "/env/execution", headers=server.headers, timeout=30,
+                          params={"id": "spare", "n": running["execution_count"] + 1, "wait": 10}).json()
+    assert second["status"] == "interrupted" and second["stdout"] == ""
 
 
 def test_queued_status_while_namespace_is_busy(server: LiveServer) -> None:

@@ -1,0 +1,67 @@
+"""Auth is a policy per blueprint: the v1 API takes Bearer only; another front end may differ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flask import Blueprint, Flask
+
+from kernelserver.auth import V1_POLICY, TokenPolicy
+from kernelserver.errors import Unauthorized
+
+from conftest import AUTH, TOKEN
+
+JUPYTER_LIKE = TokenPolicy(schemes=("token", "bearer"), query_param="token")
+
+
+@pytest.mark.parametrize(("policy", "headers", "args", "ok"), [
+    (V1_POLICY, {"Authorization": f"Bearer {TOKEN}"}, {}, True),
+    (V1_POLICY, {"Authorization": f"bearer {TOKEN}"}, {}, True),
+    (V1_POLICY, {"Authorization": f"token {TOKEN}"}, {}, False),
+    (V1_POLICY, {}, {"token": TOKEN}, False),
+    (V1_POLICY, {"Authorization": "Bearer wrong"}, {}, False),
+    (JUPYTER_LIKE, {"Authorization": f"token {TOKEN}"}, {}, True),
+    (JUPYTER_LIKE, {"Authorization": f"Bearer {TOKEN}"}, {}, True),
+    (JUPYTER_LIKE, {}, {"token": TOKEN}, True),
+    (JUPYTER_LIKE, {}, {"token": "wrong"}, False),
+    (JUPYTER_LIKE, {"Authorization": "Basic abc"}, {}, False),
+], ids=["v1-bearer", "v1-bearer-lower", "v1-token-scheme", "v1-query", "v1-wrong",
+        "jup-token", "jup-bearer", "jup-query", "jup-query-wrong", "jup-basic"])
+def test_token_policies(policy: TokenPolicy, headers: dict[str, str], args: dict[str, str],
+                        ok: bool) -> None:
+    if ok:
+        policy.check("/x", headers, args, TOKEN)
+    else:
+        with pytest.raises(Unauthorized):
+            policy.check("/x", headers, args, TOKEN)
+
+
+def test_missing_token_message_names_every_accepted_way() -> None:
+    with pytest.raises(Unauthorized, match=r"'Authorization: Token <token>' or "
+                                           r"'Authorization: Bearer <token>' or \?token=<token>"):
+        JUPYTER_LIKE.check("/x", {}, {}, TOKEN)
+
+
+def test_public_paths_and_no_auth_need_no_token() -> None:
+    V1_POLICY.check("/health", {}, {}, TOKEN)
+    V1_POLICY.check("/env/list", {}, {}, None)
+
+
+def test_each_blueprint_is_checked_with_its_own_policy(make_app: Callable[..., Flask]) -> None:
+    app = make_app(backend="inprocess")
+    other = Blueprint("other", __name__)
+    other.add_url_rule("/other/ping", "ping", lambda: {"pong": True})
+    app.extensions["kernelserver.guard"].protect("other", JUPYTER_LIKE)
+    app.register_blueprint(other)
+    client = app.test_client()
+    token_header = {"Authorization": f"token {TOKEN}"}
+    assert client.get("/other/ping", headers=token_header).status_code == 200
+    assert client.get(f"/other/ping?token={TOKEN}").status_code == 200
+    assert client.get("/other/ping").status_code == 401
+    # The v1 routes keep theirs: Bearer only.
+    assert client.get("/env/list", headers=token_header).status_code == 401
+    assert client.get(f"/env/list?token={TOKEN}").status_code == 401
+    assert client.get("/env/list", headers=AUTH).status_code == 200
+    # The Host check applies to every blueprint.
+    assert client.get("/other/ping", headers={**token_header, "Host": "evil.example"}).status_code == 403
