@@ -122,13 +122,16 @@ def _children(pid: int) -> list[int]:
 
 
 @contextmanager
-def kernelserver(env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`kernelserver serve` on a free port, with a private data dir; stopped at exit."""
+def kernelserver(env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Server]:
+    """`kernelserver serve` on a free port, with a private data dir; stopped at exit.
+
+    `python -m` imports kernelserver from cwd first: cwd picks the checkout that serves.
+    """
     with tempfile.TemporaryDirectory(prefix="ks-bench-") as tmp:
         port = free_port()
         full_env = {**os.environ, "KERNELSERVER_TOKEN": TOKEN, **(env or {})}
         proc = subprocess.Popen([sys.executable, "-m", "kernelserver.cli", "serve", "--port", str(port),
-                                 "--data-dir", f"{tmp}/data"], env=full_env,
+                                 "--data-dir", f"{tmp}/data"], env=full_env, cwd=cwd,
                                 stdout=subprocess.DEVNULL,
                                 # BENCH_DEBUG=1 shows the server's log.
                                 stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL)
