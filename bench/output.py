@@ -17,6 +17,21 @@ def cell(megabytes: float) -> str:
     return f"line = 'x' * {LINE}\nfor _ in range({lines}):\n    print(line)\n"
 
 
+def stream_once(http: Http, ns: str, code: str, size: int) -> float:
+    """Seconds to run code with `stream: true` and read its NDJSON to the end."""
+    received = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+
+    started = time.perf_counter()
+    http.stream("/execute", {"id": ns, "code": code, "stream": True}, count)
+    elapsed = time.perf_counter() - started
+    assert received >= size, (received, size)  # every line arrived (plus JSON framing)
+    return elapsed
+
+
 def run(megabytes: float = 50.0, rounds: int = 3) -> dict[str, Any]:
     """MB/s of each way, interleaved round by round, and the server's peak memory when buffered."""
     code = cell(megabytes)
@@ -29,17 +44,7 @@ def run(megabytes: float = 50.0, rounds: int = 3) -> dict[str, Any]:
         http.post_json("/execute", {"id": "out", "code": "1"})
 
         def streamed() -> float:
-            received = 0
-
-            def count(chunk: bytes) -> None:
-                nonlocal received
-                received += len(chunk)
-
-            started = time.perf_counter()
-            http.stream("/execute", {"id": "out", "code": code, "stream": True}, count)
-            elapsed = time.perf_counter() - started
-            assert received >= size, (received, size)  # every line arrived (plus JSON framing)
-            return elapsed
+            return stream_once(http, "out", code, size)
 
         peaks: list[int] = []
         exact: list[bool] = []

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from common import Http, interleave, kernelserver, machine, median_ms
-from output import cell
+from output import cell, stream_once
+from startup import start_once
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -37,26 +38,10 @@ def _measures(http: Http, tag: str, batch: int, code: str, size: int) -> dict[st
         return (time.perf_counter() - started) / batch
 
     def start() -> float:
-        ns = f"start-{next(counter)}"
-        started = time.perf_counter()
-        http.post_json("/env/create", {"id": ns})
-        answer = http.post_json("/execute", {"id": ns, "code": "1+1"})
-        elapsed = time.perf_counter() - started
-        assert answer["result"] == {"text/plain": "2"}, answer
-        http.post_json("/env/delete", {"id": ns})
-        return elapsed
+        return start_once(http, f"start-{next(counter)}")
 
     def streamed() -> float:
-        received = 0
-
-        def count(chunk: bytes) -> None:
-            nonlocal received
-            received += len(chunk)
-
-        started = time.perf_counter()
-        http.stream("/execute", {"id": "out", "code": code, "stream": True}, count)
-        assert received >= size, (received, size)
-        return time.perf_counter() - started
+        return stream_once(http, "out", code, size)
 
     def buffered() -> float:
         started = time.perf_counter()

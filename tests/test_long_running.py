@@ -18,6 +18,7 @@ import requests
 from flask import Flask
 
 from kernelserver import Client
+from kernelserver.results import DisplayEvent, OutputEvent, ResultEvent
 
 from conftest import ApiClient, LiveServer, process_tree, start_server, wait_until
 
@@ -301,6 +302,20 @@ def test_client_stream_yields_events(server: LiveServer) -> None:
         events = list(client.namespace("cs").run("print('a')\n2", stream=True))
     assert events[0] == {"event": "stdout", "text": "a\n"}
     assert events[-1]["event"] == "result" and events[-1]["result"] == {"text/plain": "2"}
+
+
+def test_client_stream_yields_typed_events(server: LiveServer) -> None:
+    with Client(server.url, server.token) as client:
+        events = list(client.namespace("typed").stream(
+            "import sys\nprint('a', flush=True)\nsys.stderr.write('b')\n"
+            "display({'text/plain': 'shown'}, raw=True)\n2"))
+    assert events[0] == OutputEvent("stdout", "a\n")
+    assert OutputEvent("stderr", "b") in events
+    assert DisplayEvent({"text/plain": "shown"}) in events
+    last = events[-1]
+    assert isinstance(last, ResultEvent)
+    assert last.result.ok and last.result.result == {"text/plain": "2"}
+    assert (last.result.stdout, last.result.stderr) == ("a\n", "b")
 
 
 def _serve_fails(tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
