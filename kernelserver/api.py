@@ -7,7 +7,6 @@ from importlib.resources import files
 from flask import Blueprint, Response
 
 from .errors import BadRequest
-from .namespace import Cell
 from .params import (
     current_service,
     field_bool,
@@ -17,6 +16,7 @@ from .params import (
     field_str,
     params,
 )
+from .results import Cell
 from .streaming import execution_response, json_response, ndjson_response
 
 bp = Blueprint("v1", __name__)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .encoding import Text
 from .results import (
     FINISHED,
+    Cell,
     DisplayEvent,
     Event,
     ExecutionResult,
     Finished,
+    InputRequestEvent,
     Outcome,
     OutputEvent,
     ResultEvent,
@@ -120,14 +123,14 @@ class OutputBuffer:
 class Execution:
     """One submitted cell, from queued to finished; the output sink backends write to."""
 
-    def __init__(self, namespace_id: str, execution_count: int, code: str, output_cap: int,
-                 timeout: float | None = None, repr_limit: int | None = None,
-                 hub: Hub | None = None) -> None:
+    def __init__(self, namespace_id: str, execution_count: int, cell: Cell | str, output_cap: int,
+                 hub: Hub | None = None, origin: object = None) -> None:
         self.id = namespace_id
         self.execution_count = execution_count
-        self.code = code
-        self.timeout = timeout
-        self.repr_limit = repr_limit  # None: the server's
+        self.cell = Cell(cell) if isinstance(cell, str) else cell
+        self.code = self.cell.code
+        # Who sent it, for the front end that did (a Jupyter request's header); None over HTTP.
+        self.origin = origin
         self.status = "queued"
         self.stdout = OutputBuffer(output_cap)
         self.stderr = OutputBuffer(output_cap)
@@ -141,11 +144,12 @@ class Execution:
         self._listeners: list[Listener[Event]] = []
         self._hub = hub  # the namespace's watchers, who get every event too
         self._final: Finished | None = None  # built once: a finished result never changes
+        self._input_reply: Callable[[str], None] | None = None  # while the cell waits in input()
 
     @classmethod
     def recorded(cls, result: ExecutionResult) -> Execution:
         """A finished execution read back from history, answered like a live one."""
-        execution = cls(result.id, result.execution_count, result.code, 0)
+        execution = cls(result.id, result.execution_count, Cell(result.code), 0)
         execution.status = result.status
         execution.started_at = result.started_at
         execution.duration_ms = result.duration_ms
@@ -185,6 +189,22 @@ class Execution:
             listeners = list(self._listeners)
         self._emit(listeners, DisplayEvent(bundle))
 
+    def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
+        """The cell waits in input(): tell the subscribers; provide_input() answers it."""
+        with self._cond:
+            self._input_reply = reply
+            listeners = list(self._listeners)
+        self._emit(listeners, InputRequestEvent(prompt, password))
+
+    def provide_input(self, value: str) -> bool:
+        """Answer the cell's pending input(); False when it is not waiting for one."""
+        with self._cond:
+            reply, self._input_reply = self._input_reply, None
+        if reply is None:
+            return False
+        reply(value)
+        return True
+
     # -- lifecycle --
 
     def start(self) -> None:
@@ -206,6 +226,7 @@ class Execution:
                 self.duration_ms = round((time.perf_counter() - self._t0) * 1000, 3)
             self.status = outcome.status
             self.outcome = outcome
+            self._input_reply = None
             # The pieces move into the final record: joining them would hold the text twice.
             self._final = Finished(self._result("", ""), self.stdout.take(), self.stderr.take())
             listeners = list(self._listeners)

@@ -76,11 +76,14 @@ def format_error(exc: BaseException, *, with_stack: bool = True) -> ErrorInfo:
     return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=text)
 
 
-def _no_input(prompt: object = "") -> str:
+def _no_input(prompt: object = "", password: bool = False) -> str:
     raise StdinNotImplementedError(
         "input() is not available: kernelserver cells cannot read from stdin; "
-        "put the value in the code instead"
+        "put the value in the code instead (Jupyter clients may allow it with allow_stdin)"
     )
+
+
+Stdin = Callable[[str, bool], str]  # (prompt, password) -> the line the client typed
 
 
 class Executor:
@@ -100,11 +103,20 @@ class Executor:
         self.truncated = False
         self.on_display = on_display or (lambda bundle: None)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stdin: Stdin = _no_input  # the running cell's, when it may ask for input
         user_builtins = dict(vars(builtins))
-        user_builtins["input"] = _no_input
+        user_builtins["input"] = self.input
         user_builtins["display"] = self.display
         self.namespace.setdefault("__name__", "__main__")
         self.namespace["__builtins__"] = user_builtins
+
+    def input(self, prompt: object = "") -> str:
+        """The input() builtin of a namespace: a line from the client, if the cell allows it."""
+        return self._stdin(str(prompt), False)
+
+    def getpass(self, prompt: str = "Password: ", stream: object = None) -> str:
+        """getpass.getpass in a namespace: like input(), not echoed by the client."""
+        return self._stdin(str(prompt), True)
 
     def display(self, *objs: Any, **kwargs: Any) -> None:
         """The display() builtin of a namespace: each object's MIME bundle goes out as a display."""
@@ -146,10 +158,12 @@ class Executor:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(whole_cell())
 
-    def run(self, source: str, execution_count: int, repr_limit: int | None = None) -> Outcome:
+    def run(self, source: str, execution_count: int, repr_limit: int | None = None,
+            stdin: Stdin | None = None) -> Outcome:
         """Compile and run one cell; user errors come back as data, never raised.
 
-        repr_limit, when given, replaces the namespace's own for this cell only.
+        repr_limit, when given, replaces the namespace's own for this cell only; with stdin,
+        input() and getpass ask it for a line, else they fail at once.
         """
         filename = cell_filename(execution_count)
         lines = source.splitlines(keepends=True)
@@ -162,6 +176,7 @@ class Executor:
         if repr_limit is not None:
             self.repr_limit = repr_limit
         self.truncated = False
+        self._stdin = stdin or _no_input
         try:
             with recording_cuts() as cuts:
                 try:
@@ -171,6 +186,7 @@ class Executor:
         finally:
             current_publisher.reset(token)
             self.repr_limit = own_limit
+            self._stdin = _no_input
         return replace(outcome, truncated=True) if self.truncated else outcome
 
     def _run(self, source: str, filename: str) -> Outcome:
@@ -202,6 +218,20 @@ class Executor:
             flush_figures(self.repr_limit)
         except Exception:  # a broken matplotlib must not turn a finished cell into a crash
             pass
+
+    def evaluate(self, expressions: dict[str, str]) -> dict[str, Any]:
+        """Jupyter's user_expressions: each expression's MIME bundle, or its error."""
+        found: dict[str, Any] = {}
+        for name, expression in expressions.items():
+            try:
+                value = eval(compile(str(expression), "<user_expression>", "eval"), self.namespace)
+                found[str(name)] = {"status": "ok", "data": mimebundle(value, self.repr_limit),
+                                    "metadata": {}}
+            except BaseException as exc:  # noqa: BLE001 - reported, as IPython does
+                error = format_error(exc)
+                found[str(name)] = {"status": "error", "ename": error.ename, "evalue": error.evalue,
+                                    "traceback": error.traceback.splitlines()}
+        return found
 
     def variables(self, repr_limit: int = 200) -> list[dict[str, Any]]:
         """Name, type and a short safe repr of each user variable."""

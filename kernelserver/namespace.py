@@ -13,18 +13,8 @@ from .backends.base import Kernel
 from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
-from .results import ErrorInfo, NamespaceState, Outcome, StateEvent
+from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceSubscription
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A cell to run, with the limits a request set for it (None: the server's)."""
-
-    code: str
-    timeout: float | None = None
-    output_cap: int | None = None
-    repr_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +134,10 @@ class Namespace:
 
     # -- cells --
 
-    def submit(self, cell: Cell, inline: bool = False) -> Execution:
+    def submit(self, cell: Cell, inline: bool = False, origin: object = None) -> Execution:
         """Queue a cell; it runs after every cell submitted before it.
+
+        origin says who sent it, for the front end that did (kept on the Execution).
 
         With inline, a cell submitted to an idle namespace runs in the calling thread, which
         returns once it has finished: a caller that waits for the end anyway saves two thread
@@ -160,8 +152,7 @@ class Namespace:
                     "queued; wait for them or interrupt"
                 )
             cap = self.config["output_cap_bytes"] if cell.output_cap is None else cell.output_cap
-            execution = Execution(self.id, self._next_count, cell.code, cap, cell.timeout,
-                                  cell.repr_limit, hub=self.hub)
+            execution = Execution(self.id, self._next_count, cell, cap, hub=self.hub, origin=origin)
             self._next_count += 1
             self._executions[execution.execution_count] = execution
             self._forget_old()
@@ -218,8 +209,7 @@ class Namespace:
                 kernel = self.kernel
                 assert kernel is not None  # cells run only once the kernel is up
                 try:
-                    outcome = kernel.execute(execution.code, execution.execution_count, execution,
-                                             execution.timeout, execution.repr_limit)
+                    outcome = kernel.execute(execution.cell, execution.execution_count, execution)
                 except Exception as exc:  # a backend bug must not kill the runner
                     outcome = Outcome.failed("KernelServerError",
                                              f"internal error running the cell: {exc}")
@@ -264,6 +254,21 @@ class Namespace:
         self._finish_early(execution, Outcome("interrupted", error=ErrorInfo(
             "KeyboardInterrupt", "the cell was cancelled before it ran", "")))
         return True
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Completions at the cursor from the namespace's variables (none while it starts)."""
+        kernel = self.kernel
+        if kernel is None:
+            return {"status": "ok", "matches": [], "cursor_start": cursor_pos,
+                    "cursor_end": cursor_pos, "metadata": {}}
+        return kernel.complete(code, cursor_pos)
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        """What the name at the cursor is in the namespace (nothing while it starts)."""
+        kernel = self.kernel
+        if kernel is None:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return kernel.inspect(code, cursor_pos, detail_level)
 
     def subscribe(self) -> NamespaceSubscription:
         """Every event of every cell from now on, whoever submitted it."""

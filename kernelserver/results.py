@@ -39,6 +39,19 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True)
+class Cell:
+    """A cell to run and how: its code, the limits a request set (None: the server's), and
+    Jupyter's extras (expressions to evaluate after it, whether input() may ask the client)."""
+
+    code: str
+    timeout: float | None = None
+    output_cap: int | None = None
+    repr_limit: int | None = None
+    user_expressions: dict[str, str] | None = None
+    allow_stdin: bool = False
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a cell ended; its printed output went to the sink as it came."""
 
@@ -47,12 +60,17 @@ class Outcome:
     error: ErrorInfo | None = None
     restarted: bool = False  # the worker died or was killed; the namespace is fresh
     truncated: bool = False  # the repr limit cut the result or a display
+    # Jupyter's user_expressions, evaluated after the cell: name → {status, data | ename...}.
+    user_expressions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the worker's reply carries it)."""
-        return {"status": self.status, "result": self.result,
+        data = {"status": self.status, "result": self.result,
                 "error": self.error.to_dict() if self.error else None,
                 "restarted": self.restarted, "truncated": self.truncated}
+        if self.user_expressions is not None:
+            data["user_expressions"] = self.user_expressions
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
@@ -60,7 +78,8 @@ class Outcome:
         error = data.get("error")
         return cls(str(data["status"]), data.get("result"),
                    ErrorInfo.from_dict(error) if error else None,
-                   bool(data.get("restarted")), bool(data.get("truncated")))
+                   bool(data.get("restarted")), bool(data.get("truncated")),
+                   data.get("user_expressions"))
 
     @classmethod
     def failed(cls, ename: str, evalue: str, restarted: bool = False) -> Outcome:
@@ -263,8 +282,20 @@ class StateEvent:
         return {"event": "state", "state": self.state}
 
 
+@dataclass(frozen=True)
+class InputRequestEvent:
+    """The cell called input() (or getpass) and waits for a line (cells that allow stdin only)."""
+
+    prompt: str
+    password: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "input_request", "prompt": ..., "password": ...}."""
+        return {"event": "input_request", "prompt": self.prompt, "password": self.password}
+
+
 Event = (OutputEvent | DisplayEvent | ResultEvent | KeepaliveEvent | StreamErrorEvent
-         | StartedEvent | StateEvent)
+         | StartedEvent | StateEvent | InputRequestEvent)
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:
@@ -284,4 +315,6 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         return StartedEvent(int(data["execution_count"]), str(data.get("code", "")))
     if kind == "state":
         return StateEvent(str(data["state"]))
+    if kind == "input_request":
+        return InputRequestEvent(str(data.get("prompt", "")), bool(data.get("password")))
     raise ValueError(f"not a stream event: {kind!r}")

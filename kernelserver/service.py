@@ -20,10 +20,10 @@ from .backends.base import NamespaceOptions
 from .errors import ExecutionNotFound, NamespaceNotFound
 from .execution import Execution
 from .history import History, HistoryError
-from .namespace import Cell, Namespace, NamespaceInfo
+from .namespace import Namespace, NamespaceInfo
 from .probe import PROBE_CODE, parse_probe_output
 from .registry import Registry, validate_id
-from .results import Event, ResultEvent
+from .results import Cell, Event, ResultEvent
 from .subscriptions import NamespaceSubscription, Subscription
 
 PROBE_TTL = 30.0
@@ -146,19 +146,30 @@ class Service:
         namespace.restart()
         return namespace.info(with_variables=True)
 
+    def complete(self, namespace_id: str, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Completions for the name before the cursor, from the namespace (Jupyter's shape)."""
+        return self.registry.get(namespace_id).complete(code, cursor_pos)
+
+    def inspect(self, namespace_id: str, code: str, cursor_pos: int,
+                detail_level: int = 0) -> dict[str, Any]:
+        """Type, signature, value and docstring of the name at the cursor (Jupyter's shape)."""
+        return self.registry.get(namespace_id).inspect(code, cursor_pos, detail_level)
+
     def subscribe(self, namespace_id: str) -> NamespaceSubscription:
         """Every event of every cell of a namespace from now on, whoever sent the cell."""
         return self.registry.get(namespace_id).subscribe()
 
     # -- cells --
 
-    def submit(self, namespace_id: str, cell: Cell, inline: bool = False) -> Execution:
+    def submit(self, namespace_id: str, cell: Cell, inline: bool = False,
+               origin: object = None) -> Execution:
         """Queue a cell (the default namespace is created on first use); its live Execution.
 
         With inline the caller's thread may run the cell itself and return once it is done
-        (see Namespace.submit): for callers that wait for the end anyway.
+        (see Namespace.submit): for callers that wait for the end anyway. origin is kept on the
+        Execution for the front end that sent it.
         """
-        return self.registry.get_or_create_default(namespace_id).submit(cell, inline)
+        return self.registry.get_or_create_default(namespace_id).submit(cell, inline, origin)
 
     def wait(self, execution: Execution, seconds: float | None) -> bool:
         """Wait until the execution finishes or seconds pass (None: no limit); True if finished."""
@@ -179,6 +190,10 @@ class Service:
         subscription = execution.subscribe(replay=True)
         on_abandon = (lambda: self.cancel(execution)) if cancel_on_disconnect else None
         return CellStream(subscription, self.config["stream_keepalive"], on_abandon)
+
+    def provide_input(self, execution: Execution, value: str) -> bool:
+        """Answer the input() the execution waits in; False if it waits for none."""
+        return execution.provide_input(value)
 
     def cancel(self, execution: Execution) -> bool:
         """Interrupt this execution if it runs, drop it if it is queued; False if it had ended."""
@@ -234,9 +249,10 @@ class Service:
                 return cached[1]
             kernel = self.backend.start_kernel("probe", NamespaceOptions())
             try:
-                sink = Execution("probe", 0, PROBE_CODE, 1 << 24)
+                cell = Cell(PROBE_CODE, timeout=120.0)
+                sink = Execution("probe", 0, cell, 1 << 24)
                 sink.start()
-                outcome = kernel.execute(PROBE_CODE, 0, sink, 120.0)
+                outcome = kernel.execute(cell, 0, sink)
             finally:
                 kernel.close()
             output = sink.stdout.getvalue()

@@ -15,6 +15,7 @@ from flask import Flask
 from kernelserver.backends.forkserver import ForkServer
 from kernelserver.backends.process import ProcessKernel, rss_bytes
 from kernelserver.execution import Execution
+from kernelserver.results import Cell
 
 from conftest import ApiClient, pid_alive, wait_until
 
@@ -239,7 +240,7 @@ def test_kernel_handle_is_a_context_manager() -> None:
             pid = kernel.pid
             assert pid is not None
             sink = Execution("k", 1, "", 1000)
-            outcome = kernel.execute("6 * 7", 1, sink, None)
+            outcome = kernel.execute(Cell("6 * 7"), 1, sink)
             assert outcome.result == {"text/plain": "42"}
             assert kernel.interrupt() is False
             kernel.restart()

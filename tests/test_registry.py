@@ -12,9 +12,8 @@ import pytest
 from kernelserver.backends.base import NamespaceOptions, OutputSink, Resources
 from kernelserver.config import load_config
 from kernelserver.errors import NamespaceUnavailable, TooManyNamespaces
-from kernelserver.namespace import Cell
 from kernelserver.registry import Registry
-from kernelserver.results import Outcome
+from kernelserver.results import Cell, Outcome
 
 from conftest import wait_until
 
@@ -27,9 +26,8 @@ class FakeKernel:
     def __init__(self) -> None:
         self.closed = False
 
-    def execute(self, code: str, execution_count: int, sink: OutputSink, timeout: float | None,
-                repr_limit: int | None = None) -> Outcome:
-        sink.write_stdout(code)
+    def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
+        sink.write_stdout(cell.code)
         return Outcome("ok", result={"text/plain": str(execution_count)})
 
     def interrupt(self) -> bool:
@@ -37,6 +35,12 @@ class FakeKernel:
 
     def variables(self) -> list[dict[str, Any]]:
         return []
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        return {}
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
+        return {}
 
     def restart(self) -> None:
         pass

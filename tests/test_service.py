@@ -14,9 +14,10 @@ from flask import Flask
 from kernelserver import __version__
 from kernelserver.config import load_config
 from kernelserver.errors import ExecutionNotFound, NamespaceNotFound
-from kernelserver.namespace import Cell
 from kernelserver.results import (
+    Cell,
     DisplayEvent,
+    InputRequestEvent,
     KeepaliveEvent,
     OutputEvent,
     ResultEvent,
@@ -281,3 +282,69 @@ def test_many_threads_submit_to_one_namespace_in_order(make_service: Callable[..
     by_count = sorted(executions, key=lambda e: e.execution_count)
     expected = [int(e.code.rsplit("(", 1)[1].rstrip(")")) for e in by_count]
     assert final.snapshot().result == {"text/plain": repr(expected)}
+
+
+def test_user_expressions_are_evaluated_after_the_cell(service: Service) -> None:
+    service.create("ue")
+    cell = Cell("x = 20", user_expressions={"double": "x * 2", "broken": "1/0"})
+    execution = service.submit("ue", cell, inline=True)
+    assert service.wait(execution, 10)
+    found = execution.outcome.user_expressions if execution.outcome else None
+    assert found is not None
+    assert found["double"] == {"status": "ok", "data": {"text/plain": "40"}, "metadata": {}}
+    assert found["broken"]["status"] == "error" and found["broken"]["ename"] == "ZeroDivisionError"
+
+
+def test_input_asks_the_subscriber_and_the_answer_reaches_the_cell(service: Service) -> None:
+    service.create("in")
+    execution = service.submit("in", Cell("print('before', flush=True)\nname = input('who? ')\n"
+                                          "print('hi', name)\nname", allow_stdin=True))
+    stream = service.stream(execution)
+    seen = []
+    for event in stream.events():
+        seen.append(event)
+        if isinstance(event, InputRequestEvent):
+            assert service.provide_input(execution, "ada") is True
+    assert InputRequestEvent("who? ", False) in seen
+    result = seen[-1]
+    assert isinstance(result, ResultEvent)
+    assert result.result.stdout == "before\nhi ada\n" and result.result.result == {"text/plain": "'ada'"}
+    assert service.provide_input(execution, "late") is False  # nothing waits any more
+
+
+def test_getpass_asks_for_a_password(make_service: Callable[..., Service]) -> None:
+    service = make_service(backend="process")
+    service.create("pw")
+    execution = service.submit("pw", Cell("import getpass\nlen(getpass.getpass('secret: '))",
+                                          allow_stdin=True))
+    events = service.stream(execution).events()
+    request = next(e for e in events if isinstance(e, InputRequestEvent))
+    assert request == InputRequestEvent("secret: ", True)
+    service.provide_input(execution, "hunter2")
+    assert service.wait(execution, 10) and execution.snapshot().result == {"text/plain": "7"}
+
+
+def test_a_cell_waiting_for_input_can_be_interrupted(service: Service) -> None:
+    service.create("wait")
+    execution = service.submit("wait", Cell("input('never answered')", allow_stdin=True))
+    events = service.stream(execution).events()
+    assert isinstance(next(events), InputRequestEvent)
+    assert service.interrupt("wait") is True
+    assert service.wait(execution, 10) and execution.status == "interrupted"
+    after = service.submit("wait", Cell("'alive'"), inline=True)
+    assert service.wait(after, 10) and after.snapshot().result == {"text/plain": "'alive'"}
+
+
+def test_completion_and_inspection_from_the_namespace(service: Service) -> None:
+    service.create("ci2")
+    done = service.submit("ci2", Cell("import os\nmy_variable = 41\ndef helper(a, b=2):\n"
+                                      "    'Adds things.'\n    return a + b"), inline=True)
+    assert service.wait(done, 10)
+    reply = service.complete("ci2", "my_va", 5)
+    assert reply["matches"] == ["my_variable"] and (reply["cursor_start"], reply["cursor_end"]) == (0, 5)
+    assert "os.path" in service.complete("ci2", "x = os.pa", 9)["matches"]
+    found = service.inspect("ci2", "helper(1)", 3)
+    assert found["found"] is True
+    text = found["data"]["text/plain"]
+    assert "helper(a, b=2)" in text and "Adds things." in text
+    assert service.inspect("ci2", "nothing_here", 4)["found"] is False

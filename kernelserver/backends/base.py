@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from ..results import ErrorInfo, Outcome
+from ..results import Cell, ErrorInfo, Outcome
 
 
 class OutputSink(Protocol):
@@ -19,6 +20,9 @@ class OutputSink(Protocol):
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         """Receive one display's MIME bundle."""
+
+    def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
+        """The cell waits in input(): pass the line to reply() once the client gives it."""
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,20 @@ class Kernel(Protocol):
     # so the registry may run it on the request's own thread.
     runs_inline: bool
 
-    def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> Outcome:
-        """Run a cell to completion (or timeout), streaming its output into sink.
-
-        repr_limit, when given, replaces the server's repr limit for this cell.
-        """
+    def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
+        """Run a cell to completion (or its timeout), streaming its output into sink."""
 
     def interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the running cell; False when nothing is running."""
 
     def variables(self) -> list[dict[str, Any]]:
         """Name, type and short repr of each user variable."""
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Jupyter's complete_reply content (answered while a cell runs)."""
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
+        """Jupyter's inspect_reply content (answered while a cell runs)."""
 
     def restart(self) -> None:
         """Replace the namespace with a fresh, empty one."""

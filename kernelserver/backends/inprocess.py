@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import functools
 import io
 import os
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
+from .. import introspect
 from ..executor import Executor
-from ..results import ErrorInfo, Outcome
+from ..results import Cell, ErrorInfo, Outcome
 from .base import NamespaceOptions, OutputSink, timed_out
 
 _Writer = Callable[[str], None]
@@ -85,6 +88,21 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return bool(done == 1)
 
 
+def _ask(sink: OutputSink, prompt: str, password: bool) -> str:
+    """input() on the cell's own thread: wait for the client's line (an interrupt still lands)."""
+    answered = threading.Event()
+    box: list[str] = []
+
+    def reply(value: str) -> None:
+        box.append(value)
+        answered.set()
+
+    sink.request_input(prompt, password, reply)
+    while not answered.wait(0.05):  # short waits: an injected KeyboardInterrupt needs bytecode
+        pass
+    return box[0]
+
+
 class InProcessKernel:
     """A namespace in the server process: an Executor run on the caller's (runner) thread."""
 
@@ -107,9 +125,9 @@ class InProcessKernel:
         if self._sink is not None:
             self._sink.add_display(bundle)
 
-    def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> Outcome:
+    def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run the cell on this thread with its output routed to sink."""
+        timeout = cell.timeout
         self._sink = sink
         token = _route.set((sink.write_stdout, sink.write_stderr))
         expired = threading.Event()
@@ -125,7 +143,11 @@ class InProcessKernel:
             timer.daemon = True
             timer.start()
         try:
-            outcome = self._executor.run(code, execution_count, repr_limit)
+            stdin = functools.partial(_ask, sink) if cell.allow_stdin else None
+            outcome = self._executor.run(cell.code, execution_count, cell.repr_limit, stdin)
+            if cell.user_expressions:
+                outcome = replace(outcome,
+                                  user_expressions=self._executor.evaluate(cell.user_expressions))
         except KeyboardInterrupt:
             # The injected interrupt landed just outside the cell's own try block.
             outcome = Outcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
@@ -149,6 +171,14 @@ class InProcessKernel:
     def variables(self) -> list[dict[str, Any]]:
         """The namespace's user variables."""
         return self._executor.variables()
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Completions from the namespace."""
+        return introspect.complete(self._executor.namespace, code, cursor_pos)
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
+        """What the name at the cursor is."""
+        return introspect.inspect_name(self._executor.namespace, code, cursor_pos, detail_level)
 
     def restart(self) -> None:
         """Drop the namespace dict for a fresh one."""

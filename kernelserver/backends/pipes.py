@@ -148,6 +148,20 @@ class CellIO:
                 self.displays[int(message["seq"])] = message["data"]
             elif message["op"] == "result":
                 self.reply = message
+            elif message["op"] == "input_request":
+                self._relay_input_request(message)
+
+    def _relay_input_request(self, message: dict[str, Any]) -> None:
+        worker, seq = self.worker, message.get("id")
+
+        def reply(value: str) -> None:
+            try:
+                worker.tell({"op": "input_reply", "id": seq, "value": str(value)})
+            except OSError:
+                pass  # the worker is gone; the cell's answer says so
+
+        self.sink.request_input(str(message.get("prompt", "")), bool(message.get("password")),
+                                reply)
 
     def _read_pipe(self, stream: OutputPipe) -> None:
         try:

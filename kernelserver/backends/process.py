@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
-from ..results import Outcome
+from ..results import Cell, Outcome
 from . import protocol
 from .base import NamespaceOptions, OutputSink, timed_out, timeout_error
 from .forkserver import ForkServer, ForkServerError
@@ -82,6 +82,7 @@ class Worker:
         self.query = query
         self.query.settimeout(10.0)
         self.query_lock = threading.Lock()
+        self.ctl_lock = threading.Lock()
         self.stdout = OutputPipe(out_r, self.prefix)
         self.stderr = OutputPipe(err_r, self.prefix)
         self.reader = protocol.FrameReader()
@@ -123,7 +124,7 @@ class Worker:
         if self.is_alive():
             self.signal(signal.SIGINT)
             try:
-                self.ctl.sendall(protocol.encode({"op": "shutdown"}))
+                self.tell({"op": "shutdown"})
             except OSError:
                 pass
             steps = ((grace, None), (grace, signal.SIGTERM), (5.0, signal.SIGKILL))
@@ -149,6 +150,11 @@ class Worker:
         with self.query_lock:
             protocol.send(self.query, message)
             return protocol.recv(self.query)
+
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send on the control channel (from any thread: a cell, a shutdown, an input reply)."""
+        with self.ctl_lock:
+            self.ctl.sendall(protocol.encode(message))
 
     def close(self) -> None:
         """Release the parent's ends of the sockets and pipes."""
@@ -258,16 +264,35 @@ class ProcessKernel:
 
     # -- queries --
 
-    def variables(self) -> list[dict[str, Any]]:
-        """The worker's user variables, asked on the query channel."""
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any] | None:
         worker = self._worker
         if worker is None:
-            return []
+            return None
         try:
-            reply = worker.ask({"op": "variables"})
+            reply = worker.ask(message)
         except (OSError, protocol.ChannelClosed):
-            return []
-        return list(reply.get("variables", []))
+            return None  # the worker is gone or restarting: nothing to tell
+        return reply if reply.get("ok") else None
+
+    def variables(self) -> list[dict[str, Any]]:
+        """The worker's user variables, asked on the query channel."""
+        reply = self._ask({"op": "variables"})
+        return list(reply["variables"]) if reply else []
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Completions from the worker's namespace (asked on the query channel)."""
+        reply = self._ask({"op": "complete", "code": code, "cursor_pos": cursor_pos})
+        if reply is None:
+            return {"status": "ok", "matches": [], "cursor_start": cursor_pos,
+                    "cursor_end": cursor_pos, "metadata": {}}
+        return dict(reply["reply"])
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
+        """What the name at the cursor is, from the worker's namespace."""
+        reply = self._ask({"op": "inspect", "code": code, "cursor_pos": cursor_pos,
+                           "detail_level": detail_level})
+        return dict(reply["reply"]) if reply else {"status": "ok", "found": False, "data": {},
+                                                   "metadata": {}}
 
     def details(self) -> dict[str, Any]:
         """Worker pid and resident memory."""
@@ -278,8 +303,7 @@ class ProcessKernel:
 
     # -- execution --
 
-    def execute(self, code: str, execution_count: int, sink: OutputSink,
-                timeout: float | None, repr_limit: int | None = None) -> Outcome:
+    def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run a cell in the worker, forwarding its output as it comes; handles timeout and death."""
         worker = self._worker
         if worker is None or self._closing:
@@ -294,7 +318,7 @@ class ProcessKernel:
                 raise NamespaceUnavailable("the namespace is shutting down")
         self._busy = True
         try:
-            outcome = self._run(worker, code, execution_count, sink, timeout, repr_limit)
+            outcome = self._run(worker, cell, execution_count, sink)
         finally:
             self._busy = False
             if worker is not self._worker:
@@ -309,18 +333,23 @@ class ProcessKernel:
                 worker.kill()
                 self._worker = self._spawn()
 
-    def _run(self, worker: Worker, code: str, execution_count: int, sink: OutputSink,
-             timeout: float | None, repr_limit: int | None) -> Outcome:
+    def _run(self, worker: Worker, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         io = CellIO(worker, sink)
         for stream in (worker.stdout, worker.stderr):
             early = stream.reset()
             if early:
                 io.emit(stream, stream.feed(early))
-        message: dict[str, Any] = {"op": "execute", "code": code, "execution_count": execution_count}
-        if repr_limit is not None:
-            message["repr_limit"] = repr_limit
+        message: dict[str, Any] = {"op": "execute", "code": cell.code,
+                                   "execution_count": execution_count}
+        if cell.repr_limit is not None:
+            message["repr_limit"] = cell.repr_limit
+        if cell.user_expressions:
+            message["user_expressions"] = cell.user_expressions
+        if cell.allow_stdin:
+            message["allow_stdin"] = True
+        timeout = cell.timeout
         try:
-            worker.ctl.sendall(protocol.encode(message))
+            worker.tell(message)
         except OSError:
             return self._died(worker, io, deadline_passed=False)
         deadline = time.monotonic() + timeout if timeout is not None else None

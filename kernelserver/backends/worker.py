@@ -11,6 +11,7 @@ import ctypes
 import faulthandler
 import fcntl
 import functools
+import getpass
 import io
 import os
 import signal
@@ -21,8 +22,11 @@ import termios
 import threading
 import time
 import types
+from collections import deque
+from dataclasses import replace
 from typing import Any
 
+from .. import introspect
 from ..executor import Executor
 from ..results import ErrorInfo, Outcome
 from . import protocol
@@ -131,6 +135,28 @@ def _pipe_is_empty(fd: int) -> bool:
     return struct.unpack("i", waiting)[0] == 0
 
 
+class _Inbox:
+    """Messages from the server on the control socket, read in whole frames.
+
+    The frame buffer outlives a read cut short by an interrupt (a cell waiting in input() is
+    interruptible), so no message is ever half-read.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader = protocol.FrameReader()
+        self._ready: deque[dict[str, Any]] = deque()
+
+    def next(self) -> dict[str, Any]:
+        """The next message (blocking); ChannelClosed once the server is gone."""
+        while not self._ready:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise protocol.ChannelClosed("channel closed")
+            self._ready.extend(self._reader.feed(data))
+        return self._ready.popleft()
+
+
 def _query_loop(query: socket.socket, executor: Executor) -> None:
     while True:
         try:
@@ -142,6 +168,13 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
         try:
             if op == "variables":
                 reply: dict[str, Any] = {"ok": True, "variables": executor.variables()}
+            elif op == "complete":
+                reply = {"ok": True, "reply": introspect.complete(
+                    executor.namespace, str(message["code"]), int(message["cursor_pos"]))}
+            elif op == "inspect":
+                reply = {"ok": True, "reply": introspect.inspect_name(
+                    executor.namespace, str(message["code"]), int(message["cursor_pos"]),
+                    int(message.get("detail_level", 0)))}
             elif op == "ping":
                 reply = {"ok": True, "pid": os.getpid()}
             else:
@@ -181,15 +214,33 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         # Its place among the printed text: the server emits the display when it reads this.
         os.write(out_pipe, protocol.marker(prefix, b"D%d" % display_seq))
 
+    inbox = _Inbox(ctl)
+    input_seq = 0
+
+    def ask(prompt: str, password: bool) -> str:
+        """input() in a cell that allows stdin: the server relays the prompt to the client."""
+        nonlocal input_seq
+        _flush_all()  # the prompt's context (what was printed) reaches the client first
+        input_seq += 1
+        with send_lock:
+            protocol.send(ctl, {"op": "input_request", "id": input_seq, "prompt": prompt,
+                                "password": password})
+        while True:
+            message = inbox.next()  # an interrupt lands here and ends the cell
+            if message.get("op") == "input_reply" and message.get("id") == input_seq:
+                return str(message.get("value", ""))
+            # Anything else (a late reply to an interrupted input()) is not for this prompt.
+
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
                         on_display=on_display)
+    getpass.getpass = executor.getpass  # as ipykernel does
     interruptible = _Interruptible()
     signal.signal(signal.SIGINT, interruptible.handler)
     threading.Thread(target=_query_loop, args=(query, executor), name="query",
                      daemon=True).start()
     while True:
         try:
-            message = protocol.recv(ctl)
+            message = inbox.next()
         except KeyboardInterrupt:
             continue
         except (protocol.ChannelClosed, OSError):
@@ -202,7 +253,11 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         try:
             interruptible.running = True
             outcome = executor.run(message["code"], int(message["execution_count"]),
-                                   message.get("repr_limit"))
+                                   message.get("repr_limit"),
+                                   stdin=ask if message.get("allow_stdin") else None)
+            if message.get("user_expressions"):
+                outcome = replace(outcome, user_expressions=executor.evaluate(
+                    message["user_expressions"]))
             interruptible.running = False
         except KeyboardInterrupt:  # landed just outside the cell's own try block
             interruptible.running = False
