@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, auth
+from . import __version__, auth, jupyter
 from .api import bp as v1
 from .config import is_loopback, load_config
 from .errors import (
@@ -98,6 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["kernelserver"] = service
     auth.install(app, service.token, settings)
     app.register_blueprint(v1)
+    jupyter.register(app, service)
     app.register_error_handler(KernelServerError, render_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

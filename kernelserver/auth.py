@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 
 from .config import host_without_port, is_loopback
-from .errors import HostNotAllowed, Unauthorized
+from .errors import HostNotAllowed, OriginNotAllowed, Unauthorized
+from .websocket import is_upgrade
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TokenPolicy:
     """How one front end's requests carry the token, and which of its paths need none."""
 
     schemes: tuple[str, ...] = ("bearer",)  # Authorization: <scheme> <token>, lower case
-    query_param: str | None = None  # also ?<param>=<token> (browsers cannot set WebSocket headers)
+    query_param: str | None = None  # also ?<param>=<token> on upgrades (browsers' WebSockets)
     public_paths: frozenset[str] = field(default_factory=frozenset)
 
     def given(self, headers: Any, args: Any) -> str | None:
@@ -70,12 +72,41 @@ class TokenPolicy:
 V1_POLICY = TokenPolicy(public_paths=frozenset({"/health", "/openapi.json"}))
 
 
-class Guard:
-    """The app's before-request check: Host first, then the token policy of the blueprint."""
+@dataclass(frozen=True)
+class OriginCheck:
+    """Against cross-site WebSocket hijacking: a web page may open a WebSocket to 127.0.0.1, and
+    no CORS rule stops it. An upgrade whose Origin is not this server (or allowed) is refused."""
 
-    def __init__(self, token: str | None, hosts: HostCheck, default: TokenPolicy) -> None:
+    allowed: frozenset[str] = frozenset()  # whole origins, e.g. https://lab.example:8888, or *
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OriginCheck:
+        """The allowed_origins setting."""
+        return cls(frozenset(o.lower().rstrip("/") for o in config["allowed_origins"]))
+
+    def check(self, origin: str | None, host_header: str) -> None:
+        """OriginNotAllowed unless the upgrade comes from no page, this server, or an allowed one."""
+        if origin is None:
+            return  # not a browser: scripts, jupyter_server, Node clients send none
+        shown = origin.lower().rstrip("/")
+        if "*" in self.allowed or shown in self.allowed:
+            return
+        if urlsplit(shown).netloc == host_header.lower():
+            return  # a page served by this server itself
+        raise OriginNotAllowed(
+            f"a WebSocket from a page at {origin!r} is refused: it is not this server "
+            f"({host_header}); allow it with --allow-origin if it is yours")
+
+
+class Guard:
+    """The app's before-request check: Host, the Origin of a WebSocket upgrade, then the token
+    policy of the request's blueprint."""
+
+    def __init__(self, token: str | None, hosts: HostCheck, origins: OriginCheck,
+                 default: TokenPolicy) -> None:
         self.token = token
         self.hosts = hosts
+        self.origins = origins
         self.default = default  # for requests that matched no blueprint (404, 405)
         self.policies: dict[str, TokenPolicy] = {}
 
@@ -85,13 +116,17 @@ class Guard:
 
     def __call__(self) -> None:
         self.hosts.check(request.host)
+        upgrade = is_upgrade(request.environ)
+        if upgrade:
+            self.origins.check(request.headers.get("Origin"), request.host)
         policy = self.policies.get(request.blueprint or "", self.default)
-        policy.check(request.path, request.headers, request.args, self.token)
+        # A token in the URL only where a header cannot go: on a browser's WebSocket upgrade.
+        policy.check(request.path, request.headers, request.args if upgrade else {}, self.token)
 
 
 def install(app: Flask, token: str | None, config: dict[str, Any]) -> Guard:
     """Put the guard in front of every request of app; blueprints add their policies to it."""
-    guard = Guard(token, HostCheck.from_config(config), V1_POLICY)
+    guard = Guard(token, HostCheck.from_config(config), OriginCheck.from_config(config), V1_POLICY)
     app.before_request(guard)
     app.extensions["kernelserver.guard"] = guard
     return guard

@@ -69,6 +69,9 @@ def _preflight(config: dict[str, Any]) -> None:
               "[env KERNELSERVER_DATA_DIR; else the user data dir].")
 @click.option("--allow-host", "allow_hosts", multiple=True,
               help="Extra Host header name to accept when bound to loopback (repeatable).")
+@click.option("--allow-origin", "allow_origins", multiple=True,
+              help="Web page origin (https://host:port, or *) allowed to open WebSockets besides "
+              "the server's own pages (repeatable).")
 @click.option("--threads", type=int, default=None, help="Concurrent requests [64].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS certificate (PEM); serve HTTPS.")
@@ -76,11 +79,12 @@ def _preflight(config: dict[str, Any]) -> None:
               help="TLS private key (PEM).")
 def serve(host: str | None, port: int | None, token: str | None, no_auth: bool | None,
           backend: str | None, data_dir: str | None, allow_hosts: tuple[str, ...],
-          threads: int | None, certfile: str | None, keyfile: str | None) -> None:
+          allow_origins: tuple[str, ...], threads: int | None, certfile: str | None,
+          keyfile: str | None) -> None:
     """Run the server under gunicorn and print its URL and token."""
     overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
                  "backend": backend, "data_dir": data_dir, "threads": threads,
-                 "allowed_hosts": allow_hosts or None}
+                 "allowed_hosts": allow_hosts or None, "allowed_origins": allow_origins or None}
     try:
         config = load_config(overrides)
     except ValueError as exc:
@@ -113,6 +117,10 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
                        "prefer KERNELSERVER_TOKEN, or let serve generate one", err=True)
     else:
         click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
+    if config["token"]:
+        shown_token = config["token"] if generated else "$KERNELSERVER_TOKEN"
+        click.echo(f"jupyter: jupyter lab --gateway-url={url} --GatewayClient.auth_token="
+                   f"{shown_token}", err=True)
     if not is_loopback(config["host"]):
         click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
                    "the token can run code as this user", err=True)

@@ -82,7 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(default: the platform's user data directory)."),
     Setting("allowed_hosts", (), _parse_list, "Extra Host header names accepted when bound to "
             "loopback (comma-separated)."),
-    Setting("max_body_bytes", 16 * MIB, int, "Largest request body accepted; larger gets 413."),
+    Setting("allowed_origins", (), _parse_list, "Web page origins (e.g. `https://lab.example:8888`, "
+            "or `*`) allowed to open WebSockets besides the server's own; others get 403 "
+            "(comma-separated)."),
+    Setting("max_body_bytes", 16 * MIB, int, "Largest request body (and WebSocket message) "
+            "accepted; larger gets 413 (1009 on a WebSocket)."),
     Setting("max_namespaces", 32, int, "Most namespaces alive at once; past it /env/create gets 429."),
     Setting("max_queued", 64, int, "Most executions waiting in one namespace's queue; past it 429."),
     Setting("output_cap_bytes", 8 * MIB, int, "Output kept per stream per execution; head and tail "
@@ -95,7 +99,13 @@ SETTINGS: tuple[Setting, ...] = (
             "start is abandoned and its callers get 503 `namespace_unavailable`."),
     Setting("interrupt_grace", 2.0, float, "Seconds a timed-out cell gets to stop after its "
             "interrupt before its worker is killed."),
-    Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones."),
+    Setting("threads", 64, int, "gunicorn threads: concurrent requests, including waiting ones "
+            "and open WebSockets."),
+    Setting("max_websockets", None, int, "Most WebSockets open at once (each holds a thread); "
+            "below `threads`, so plain requests always have some (default: half of them); past it "
+            "503."),
+    Setting("websocket_ping_interval", 25.0, float, "Seconds between pings on a quiet WebSocket; "
+            "a peer that does not answer within as long again is dropped."),
     Setting("request_read_timeout", 15.0, float, "Seconds a request's headers may take in all, "
             "and one read of its body may wait; past it the connection is dropped (a stalled body "
             "gets 408), so stalled clients cannot pin threads."),
@@ -134,6 +144,14 @@ def load_config(
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
                          f"not {config['backend']!r}")
     config["allowed_hosts"] = tuple(config["allowed_hosts"])
+    config["allowed_origins"] = tuple(config["allowed_origins"])
+    if config["max_websockets"] is None:
+        config["max_websockets"] = config["threads"] // 2
+    if not 0 <= config["max_websockets"] < config["threads"]:
+        raise ValueError(f"max_websockets ({config['max_websockets']}) must be below threads "
+                         f"({config['threads']}): each WebSocket holds a thread")
+    if config["websocket_ping_interval"] <= 0:
+        raise ValueError("websocket_ping_interval must be more than 0 seconds")
     return config
 
 
@@ -144,5 +162,7 @@ def settings_markdown() -> str:
         default = "(generated)" if s.name == "token" else s.default
         if s.name == "data_dir":
             default = "(user data dir)"
+        if s.name == "max_websockets":
+            default = "(threads / 2)"
         lines.append(f"| `{s.name}` | `{s.env}` | `{default}` | {s.help} |")
     return "\n".join(lines) + "\n"

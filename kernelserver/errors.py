@@ -137,6 +137,20 @@ class NamespaceUnavailable(KernelServerError):
     code = "namespace_unavailable"
 
 
+class TooManyWebSockets(KernelServerError):
+    """max_websockets WebSockets are open already."""
+
+    status = 503
+    code = "too_many_websockets"
+
+
+class OriginNotAllowed(KernelServerError, PermissionError):
+    """A WebSocket upgrade from a web page of another origin (cross-site WebSocket hijacking)."""
+
+    status = 403
+    code = "origin_not_allowed"
+
+
 class ConnectionFailed(KernelServerError, ConnectionError):
     """The client could not reach the server (refused, DNS, TLS, timeout)."""
 

@@ -131,6 +131,7 @@ class Execution:
         self.code = self.cell.code
         # Who sent it, for the front end that did (a Jupyter request's header); None over HTTP.
         self.origin = origin
+        self.stop_group: object = None  # see Namespace.submit
         self.status = "queued"
         self.stdout = OutputBuffer(output_cap)
         self.stderr = OutputBuffer(output_cap)

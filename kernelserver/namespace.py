@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import OrderedDict
@@ -15,6 +16,8 @@ from .execution import Execution, utcnow_iso
 from .history import History
 from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceSubscription
+
+log = logging.getLogger("kernelserver")
 
 
 @dataclass(frozen=True)
@@ -134,10 +137,13 @@ class Namespace:
 
     # -- cells --
 
-    def submit(self, cell: Cell, inline: bool = False, origin: object = None) -> Execution:
+    def submit(self, cell: Cell, inline: bool = False, origin: object = None,
+               stop_group: object = None) -> Execution:
         """Queue a cell; it runs after every cell submitted before it.
 
-        origin says who sent it, for the front end that did (kept on the Execution).
+        origin says who sent it, for the front end that did (kept on the Execution). Cells of
+        one stop_group (Jupyter's stop_on_error, by connection) still queued when one of them
+        fails do not run: they are answered aborted before the next cell starts.
 
         With inline, a cell submitted to an idle namespace runs in the calling thread, which
         returns once it has finished: a caller that waits for the end anyway saves two thread
@@ -153,6 +159,7 @@ class Namespace:
                 )
             cap = self.config["output_cap_bytes"] if cell.output_cap is None else cell.output_cap
             execution = Execution(self.id, self._next_count, cell, cap, hub=self.hub, origin=origin)
+            execution.stop_group = stop_group
             self._next_count += 1
             self._executions[execution.execution_count] = execution
             self._forget_old()
@@ -210,16 +217,33 @@ class Namespace:
                 assert kernel is not None  # cells run only once the kernel is up
                 try:
                     outcome = kernel.execute(execution.cell, execution.execution_count, execution)
+                except NamespaceUnavailable as exc:  # deleted or restarted under the cell
+                    outcome = Outcome.failed("NamespaceUnavailable", exc.message)
                 except Exception as exc:  # a backend bug must not kill the runner
+                    log.exception("internal error running cell %d of %r", execution.execution_count,
+                                  self.id)
                     outcome = Outcome.failed("KernelServerError",
                                              f"internal error running the cell: {exc}")
                 execution.finish(outcome)
+                if outcome.status != "ok" and execution.stop_group is not None:
+                    self._abort_group(execution)
             with self._lock:
                 self._current = None
                 self._pending -= 1
                 self.last_activity = utcnow_iso()
         if not cancelled:
             self._record(execution)
+
+    def _abort_group(self, failed: Execution) -> None:
+        """The queued cells of failed's stop group will not run (decided before the next starts)."""
+        with self._lock:
+            doomed = [e for e in self._executions.values() if e.stop_group is failed.stop_group
+                      and e.status == "queued" and e.execution_count not in self._cancelled]
+            self._cancelled.update(e.execution_count for e in doomed)
+        for execution in doomed:
+            self._finish_early(execution, Outcome("interrupted", error=ErrorInfo(
+                "Aborted", f"cell {failed.execution_count}, sent before it by the same client, "
+                "failed (stop_on_error)", "")))
 
     def _record(self, execution: Execution) -> None:
         final = execution.final

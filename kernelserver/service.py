@@ -161,15 +161,16 @@ class Service:
 
     # -- cells --
 
-    def submit(self, namespace_id: str, cell: Cell, inline: bool = False,
-               origin: object = None) -> Execution:
+    def submit(self, namespace_id: str, cell: Cell, inline: bool = False, origin: object = None,
+               stop_group: object = None) -> Execution:
         """Queue a cell (the default namespace is created on first use); its live Execution.
 
-        With inline the caller's thread may run the cell itself and return once it is done
-        (see Namespace.submit): for callers that wait for the end anyway. origin is kept on the
-        Execution for the front end that sent it.
+        With inline the caller's thread may run the cell itself and return once it is done;
+        origin is kept on the Execution for the front end that sent it; cells of a stop_group
+        still queued when one of them fails are aborted (see Namespace.submit).
         """
-        return self.registry.get_or_create_default(namespace_id).submit(cell, inline, origin)
+        return self.registry.get_or_create_default(namespace_id).submit(cell, inline, origin,
+                                                                        stop_group)
 
     def wait(self, execution: Execution, seconds: float | None) -> bool:
         """Wait until the execution finishes or seconds pass (None: no limit); True if finished."""

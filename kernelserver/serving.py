@@ -249,6 +249,38 @@ class ReadTimeoutWorker(ThreadWorker):
             # would let anyone fill the server's log.
             self._drop_heading(conn)
 
+    # -- stopping: tell open WebSockets the server goes away, so their threads end at once --
+
+    def _run_stop_hooks(self, wait: float) -> None:
+        app = getattr(getattr(self, "wsgi", None), "__wrapped__", None)
+        hooks = list(getattr(app, "extensions", {}).get("kernelserver.on_stop", []))
+        if not hooks:
+            return
+
+        def run() -> None:
+            for hook in hooks:
+                try:
+                    hook()
+                except Exception:  # a failing hook must not stop the others or the exit
+                    self.log.exception("kernelserver: a stop hook failed")
+
+        # Off the signal handler's thread (the event loop): a close may wait on a slow peer.
+        thread = threading.Thread(target=run, name="stop-hooks", daemon=True)
+        thread.start()
+        thread.join(wait)
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """SIGTERM: graceful; WebSockets are closed (1001) so the graceful wait is short."""
+        was_alive = self.alive
+        super().handle_exit(sig, frame)
+        if was_alive:
+            self._run_stop_hooks(0.0)
+
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        """SIGQUIT/SIGINT: quick; WebSockets still get their close frame first (bounded)."""
+        self._run_stop_hooks(1.0)
+        super().handle_quit(sig, frame)
+
     def notify(self) -> None:
         # The heartbeat, a utime() on a temp file at every turn of the event loop (~10% of a
         # small request here), only feeds the arbiter's silence timeout; ours is off (0).

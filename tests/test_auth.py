@@ -12,6 +12,7 @@ from kernelserver.errors import Unauthorized
 
 from conftest import AUTH, TOKEN
 
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
 JUPYTER_LIKE = TokenPolicy(schemes=("token", "bearer"), query_param="token")
 
 
@@ -52,16 +53,46 @@ def test_each_blueprint_is_checked_with_its_own_policy(make_app: Callable[..., F
     app = make_app(backend="inprocess")
     other = Blueprint("other", __name__)
     other.add_url_rule("/other/ping", "ping", lambda: {"pong": True})
+    other.add_url_rule("/other/socket", "socket", lambda: {"pong": True}, websocket=True)
     app.extensions["kernelserver.guard"].protect("other", JUPYTER_LIKE)
     app.register_blueprint(other)
     client = app.test_client()
     token_header = {"Authorization": f"token {TOKEN}"}
     assert client.get("/other/ping", headers=token_header).status_code == 200
-    assert client.get(f"/other/ping?token={TOKEN}").status_code == 200
     assert client.get("/other/ping").status_code == 401
+    # A token in the URL only where headers cannot go: a browser's WebSocket upgrade.
+    assert client.get(f"/other/ping?token={TOKEN}").status_code == 401
+    assert client.get(f"/other/socket?token={TOKEN}", headers=UPGRADE).status_code == 200
     # The v1 routes keep theirs: Bearer only.
     assert client.get("/env/list", headers=token_header).status_code == 401
-    assert client.get(f"/env/list?token={TOKEN}").status_code == 401
+    assert client.get(f"/env/list?token={TOKEN}", headers=UPGRADE).status_code == 401
     assert client.get("/env/list", headers=AUTH).status_code == 200
     # The Host check applies to every blueprint.
     assert client.get("/other/ping", headers={**token_header, "Host": "evil.example"}).status_code == 403
+
+
+# Past the guard, the upgrade reaches the channels route, which answers 404 for an unknown kernel.
+PASSES = 404
+
+
+@pytest.mark.parametrize(("origin", "allowed", "status"), [
+    (None, (), PASSES),
+    ("http://localhost", (), PASSES),
+    ("http://evil.example", (), 403),
+    ("null", (), 403),
+    ("http://localhost:9999", (), 403),
+    ("https://lab.example:8888", ("https://lab.example:8888",), PASSES),
+    ("https://lab.example:8888/", ("https://LAB.example:8888",), PASSES),
+    ("http://anything.example", ("*",), PASSES),
+], ids=["no-origin", "same-origin", "other-site", "null-origin", "other-port", "allowed",
+        "allowed-case-and-slash", "star"])
+def test_websocket_upgrades_check_the_origin(make_app: Callable[..., Flask], origin: str | None,
+                                             allowed: tuple[str, ...], status: int) -> None:
+    app = make_app(backend="inprocess", allowed_origins=allowed)
+    headers = {**AUTH, **UPGRADE, **({"Origin": origin} if origin else {})}
+    response = app.test_client().get("/api/kernels/nope/channels", headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.get_json()["code"] == ("origin_not_allowed" if status == 403
+                                           else "namespace_not_found")
+    # A plain request is not a WebSocket: CORS rules (none here) guard it, not the Origin check.
+    assert app.test_client().get("/health", headers={"Origin": "http://evil.example"}).status_code == 200

@@ -305,18 +305,21 @@ class ProcessKernel:
 
     def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run a cell in the worker, forwarding its output as it comes; handles timeout and death."""
-        worker = self._worker
-        if worker is None or self._closing:
-            raise NamespaceUnavailable("the namespace is shutting down")
-        restarted_before = False
-        if not worker.is_alive():
-            self._replace_dead(worker)
-            worker.close()
+        # Under the lifecycle lock: a cell that arrives while a restart runs waits for the new
+        # worker, rather than start on the old one as it is shut down and closed.
+        dead: Worker | None = None
+        with self._lifecycle:
             worker = self._worker
-            restarted_before = True
-            if worker is None:
+            if worker is None or self._closing:
                 raise NamespaceUnavailable("the namespace is shutting down")
-        self._busy = True
+            if not worker.is_alive():
+                dead = worker
+                dead.kill()
+                self._worker = worker = self._spawn()
+            self._busy = True
+        restarted_before = dead is not None
+        if dead is not None:
+            dead.close()
         try:
             outcome = self._run(worker, cell, execution_count, sink)
         finally:

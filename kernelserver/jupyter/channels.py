@@ -1,0 +1,257 @@
+"""One client's WebSocket on a kernel: requests in on shell/control/stdin, replies and iopub out.
+
+The request's own thread reads and answers (nothing it does waits on a cell: an execute_request
+only queues the cell), a writer thread sends what the kernel's pump and the reader queue for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import introspect
+from ..errors import BadRequest, KernelServerError
+from ..results import Cell
+from ..service import Service
+from ..websocket import ConnectionClosed, WebSocket
+from . import replies
+from .kernels import JupyterKernel, JupyterOrigin, Kernels
+from .wire import Message, WireError, new_header, parse, reply, serialize
+
+log = logging.getLogger("kernelserver.jupyter")
+
+OUTBOX_MESSAGES = 4096  # a client this far behind is dropped (and replayed when it comes back)
+TRY_AGAIN_LATER = 1013
+
+
+class Connection:
+    """One open WebSocket on one kernel."""
+
+    def __init__(self, ws: WebSocket, kernel_id: str, session_id: str, service: Service,
+                 kernels: Kernels) -> None:
+        self.ws = ws
+        self.kernel_id = kernel_id
+        self.session_id = session_id
+        self.service = service
+        self.kernels = kernels
+        self.kernel: JupyterKernel | None = None
+        # Messages, then None (the reader is done) or a (code, reason) close after what is queued.
+        self._outbox: queue.Queue[Message | tuple[int, str] | None] = queue.Queue(OUTBOX_MESSAGES)
+        self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                        name=f"ws-writer-{kernel_id}")
+
+    # -- out --
+
+    def put(self, message: Message) -> None:
+        """Queue a message for the client; one that reads too slowly is dropped, to come back."""
+        try:
+            self._outbox.put_nowait(message)
+        except queue.Full:
+            self.ws.close(TRY_AGAIN_LATER, "the client read too slowly; reconnect to get what it missed")
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, tuple):
+                    self.ws.close(*item)
+                else:
+                    self.ws.send(serialize(item, self.ws.subprotocol))
+            except ConnectionClosed:
+                return
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the WebSocket once what is queued for it is sent (from any thread)."""
+        try:
+            self._outbox.put_nowait((code, reason))
+        except queue.Full:
+            self.ws.close(code, reason)
+
+    # -- in --
+
+    def serve(self) -> None:
+        """Answer the client until it goes (runs on the request's thread)."""
+        self.kernel = self.kernels.attach(self)
+        self._writer.start()
+        keep_missed = True
+        try:
+            while True:
+                try:
+                    frame = self.ws.receive()
+                except ConnectionClosed as closed:
+                    # A client that said goodbye (1000/1001) will not come back for its replay.
+                    keep_missed = closed.code not in (1000, 1001)
+                    return
+                if frame is not None:
+                    self._handle(frame)
+        finally:
+            self.kernel.detach(self, keep_missed)
+            self._outbox.put(None)
+            self._writer.join(5.0)
+
+    def _handle(self, frame: str | bytes) -> None:
+        try:
+            message = parse(frame, self.ws.subprotocol)
+        except WireError as exc:
+            self.put(Message("shell", new_header("error", self._session()), {
+                "status": "error", "ename": "BadMessage", "evalue": str(exc), "traceback": []}))
+            return
+        try:
+            self._dispatch(message)
+        except KernelServerError as exc:  # the namespace went away, a full queue...
+            self._answer(message, _reply_type(message.msg_type), replies.failure(exc))
+        except Exception:  # never a dropped connection for one request
+            log.exception("jupyter: %s on kernel %r failed", message.msg_type, self.kernel_id)
+            self._answer(message, _reply_type(message.msg_type), {
+                "status": "error", "ename": "InternalError", "evalue": "internal error; see the "
+                "server log", "traceback": []})
+
+    def _session(self) -> str:
+        return self.kernels.session(self.kernel_id)
+
+    def _answer(self, request: Message, msg_type: str, content: dict[str, Any]) -> None:
+        """A reply inside busy/idle, to this client only: a side request while a cell runs must
+        not tell the others the kernel is idle. If a cell runs, say busy again after."""
+        session = self._session()
+        self.put(reply(request, "status", {"execution_state": "busy"}, session, "iopub"))
+        self.put(reply(request, msg_type, content, session))
+        self.put(reply(request, "status", {"execution_state": "idle"}, session, "iopub"))
+        running = self.kernel.running_parent if self.kernel else None
+        if running is not None:
+            self.put(Message("iopub", new_header("status", session), {"execution_state": "busy"},
+                             running))
+
+    def _dispatch(self, message: Message) -> None:
+        if message.channel == "stdin":
+            if message.msg_type == "input_reply":
+                self._input_reply(message)
+            return
+        handler = _HANDLERS.get(message.msg_type)
+        if handler is None:
+            if message.msg_type in ("comm_msg", "comm_close"):
+                return  # no comms live here: nothing to do, nothing to answer
+            self._answer(message, _reply_type(message.msg_type), {
+                "status": "error", "ename": "UnknownMessageType",
+                "evalue": f"kernelserver does not handle {message.msg_type!r} messages",
+                "traceback": []})
+            return
+        handler(self, message)
+
+    # -- handlers --
+
+    def _kernel_info(self, message: Message) -> None:
+        self._answer(message, "kernel_info_reply", replies.kernel_info())
+
+    def _execute(self, message: Message) -> None:
+        content = message.content
+        code = content.get("code")
+        if not isinstance(code, str):
+            raise BadRequest("execute_request needs 'code', a string")
+        expressions = content.get("user_expressions") or {}
+        if not isinstance(expressions, dict):
+            raise BadRequest("user_expressions must be an object of name: expression")
+        options = message.metadata.get("kernelserver") or {}
+        timeout = options.get("timeout") if isinstance(options, dict) else None
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout < 1e9):
+            raise BadRequest("metadata.kernelserver.timeout must be a number of seconds")
+        silent = bool(content.get("silent", False))
+        cell = Cell(code, float(timeout) if timeout is not None else None,
+                    user_expressions={str(k): str(v) for k, v in expressions.items()} or None,
+                    allow_stdin=bool(content.get("allow_stdin", True)))
+        # stop_on_error (the default): this client's cells queued behind a failing one of them
+        # are aborted. A silent cell's failure aborts nothing, as in ipykernel.
+        stop = bool(content.get("stop_on_error", True)) and not silent
+        self.service.submit(self.kernel_id, cell, origin=JupyterOrigin(self, message, silent),
+                            stop_group=self if stop else None)
+
+    def _complete(self, message: Message) -> None:
+        code, cursor = _code_and_cursor(message)
+        self._answer(message, "complete_reply", self.service.complete(self.kernel_id, code, cursor))
+
+    def _inspect(self, message: Message) -> None:
+        code, cursor = _code_and_cursor(message)
+        level = message.content.get("detail_level", 0)
+        self._answer(message, "inspect_reply", self.service.inspect(
+            self.kernel_id, code, cursor, level if isinstance(level, int) else 0))
+
+    def _is_complete(self, message: Message) -> None:
+        code = message.content.get("code")
+        self._answer(message, "is_complete_reply",
+                     introspect.is_complete(code) if isinstance(code, str) else {"status": "unknown"})
+
+    def _history(self, message: Message) -> None:
+        self._answer(message, "history_reply",
+                     replies.history(self.service, self.kernel_id, message.content))
+
+    def _comm_info(self, message: Message) -> None:
+        self._answer(message, "comm_info_reply", {"status": "ok", "comms": {}})
+
+    def _comm_open(self, message: Message) -> None:
+        # No comm targets here: say so by closing it, as ipykernel does for an unknown target.
+        comm_id = message.content.get("comm_id")
+        self.put(reply(message, "comm_close", {"comm_id": comm_id, "data": {}}, self._session(),
+                       "iopub"))
+
+    def _interrupt(self, message: Message) -> None:
+        self.service.interrupt(self.kernel_id)
+        self._answer(message, "interrupt_reply", {"status": "ok"})
+
+    def _shutdown(self, message: Message) -> None:
+        restart = bool(message.content.get("restart", False))
+        content = {"status": "ok", "restart": restart}
+        self._answer(message, "shutdown_reply", content)
+        if self.kernel is not None:
+            self.kernel.broadcast(reply(message, "shutdown_reply", content, self._session(), "iopub"))
+        if restart:
+            self.service.restart(self.kernel_id)
+        else:
+            self.service.delete(self.kernel_id)  # the pump says dead and closes every socket
+
+    def _input_reply(self, message: Message) -> None:
+        kernel = self.kernel
+        if kernel is None:
+            return
+        waiting = kernel.inputs.pop(str(message.parent_header.get("msg_id", "")), None)
+        if waiting is None:  # a client that lost the parent: the one cell of ours that waits
+            ours = [(k, e) for k, e in kernel.inputs.items()
+                    if isinstance(e.origin, JupyterOrigin) and e.origin.connection.session_id
+                    == self.session_id]
+            if len(ours) != 1:
+                return
+            kernel.inputs.pop(ours[0][0], None)
+            waiting = ours[0][1]
+        self.service.provide_input(waiting, str(message.content.get("value", "")))
+
+
+def _reply_type(msg_type: str) -> str:
+    return (msg_type[:-len("_request")] if msg_type.endswith("_request") else msg_type) + "_reply"
+
+
+def _code_and_cursor(message: Message) -> tuple[str, int]:
+    code = message.content.get("code")
+    cursor = message.content.get("cursor_pos")
+    if not isinstance(code, str):
+        raise BadRequest(f"{message.msg_type} needs 'code', a string")
+    if not isinstance(cursor, int) or isinstance(cursor, bool):
+        cursor = len(code)
+    return code, cursor
+
+
+_HANDLERS: dict[str, Callable[[Connection, Message], None]] = {
+    "kernel_info_request": Connection._kernel_info,
+    "execute_request": Connection._execute,
+    "complete_request": Connection._complete,
+    "inspect_request": Connection._inspect,
+    "is_complete_request": Connection._is_complete,
+    "history_request": Connection._history,
+    "comm_info_request": Connection._comm_info,
+    "comm_open": Connection._comm_open,
+    "interrupt_request": Connection._interrupt,
+    "shutdown_request": Connection._shutdown,
+}

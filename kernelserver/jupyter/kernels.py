@@ -1,0 +1,361 @@
+"""Namespaces as Jupyter kernels: each one's session, connections and offline buffers, and the pump
+that turns the namespace's events (every cell, whoever sent it) into iopub messages."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..encoding import json_bytes
+from ..errors import NamespaceNotFound, TooManyWebSockets
+from ..execution import Execution
+from ..results import (
+    DisplayEvent,
+    InputRequestEvent,
+    OutputEvent,
+    ResultEvent,
+    StartedEvent,
+    StateEvent,
+    StreamErrorEvent,
+)
+from ..service import Service
+from ..subscriptions import NamespaceEvent, NamespaceSubscription
+from . import replies
+from .wire import PROTOCOL_VERSION, USERNAME, Message, new_header
+
+if TYPE_CHECKING:
+    from .channels import Connection
+
+log = logging.getLogger("kernelserver.jupyter")
+
+# What a disconnected session may miss and still get on reconnect (jupyter_server's
+# buffer_offline_messages, bounded): messages, their bytes, and for how long.
+OFFLINE_MESSAGES = 2000
+OFFLINE_BYTES = 32 << 20
+OFFLINE_SECONDS = 600.0
+MAX_OFFLINE_SESSIONS = 16
+HTTP_SESSION = "kernelserver-http"  # the parent session of cells sent over the v1 HTTP API
+
+
+@dataclass(frozen=True)
+class JupyterOrigin:
+    """Who sent a cell over Jupyter: the connection and its request, and how it asked to run."""
+
+    connection: Connection
+    request: Message
+    silent: bool
+
+
+class OfflineBuffer:
+    """What one disconnected session missed, kept (bounded) until it reconnects or expires."""
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[Message, int]] = deque()
+        self.size = 0
+        self.dropped = 0
+        self.since = time.monotonic()
+
+    def add(self, message: Message) -> None:
+        """Keep message; the oldest go once the buffer is full."""
+        size = len(json_bytes(message.content)) + 200
+        self.messages.append((message, size))
+        self.size += size
+        while self.messages and (len(self.messages) > OFFLINE_MESSAGES or self.size > OFFLINE_BYTES):
+            _, gone = self.messages.popleft()
+            self.size -= gone
+            self.dropped += 1
+
+
+class JupyterKernel:
+    """One namespace as Jupyter clients see it; a pump thread feeds its connections."""
+
+    def __init__(self, kernels: Kernels, namespace_id: str, subscription: NamespaceSubscription) -> None:
+        self.kernels = kernels
+        self.id = namespace_id
+        self.connections: list[Connection] = []
+        self.offline: dict[str, OfflineBuffer] = {}
+        self.inputs: dict[str, Execution] = {}  # input_request msg_id → the cell waiting for it
+        self.running_parent: dict[str, Any] | None = None  # the header of the cell that runs now
+        self.stopped = False
+        self._lock = threading.Lock()
+        self._subscription = subscription
+        self._pump = threading.Thread(target=self._run, name=f"jupyter-{namespace_id}", daemon=True)
+        self._pump.start()
+
+    @property
+    def session(self) -> str:
+        """The kernel session every message of this kernel carries."""
+        return self.kernels.session(self.id)
+
+    # -- connections --
+
+    def attach(self, connection: Connection) -> bool:
+        """Start feeding connection, replaying what its session missed; False once stopped."""
+        replaced: list[Connection] = []
+        with self._lock:
+            if self.stopped:
+                return False
+            if connection.session_id:
+                # One live connection a session, as jupyter_server: a client that reconnects
+                # leaves its old socket behind (or jupyter_server leaks one), never to be read.
+                replaced = [c for c in self.connections if c.session_id == connection.session_id]
+                self.connections = [c for c in self.connections if c not in replaced]
+                missed = self.offline.pop(connection.session_id, None)
+                if missed is not None:
+                    if missed.dropped:
+                        connection.put(self._note_dropped(missed.dropped))
+                    for message, _ in missed.messages:
+                        connection.put(message)
+            self.connections.append(connection)
+        for old in replaced:
+            old.close(1000, "replaced by a newer connection of the same session")
+        return True
+
+    def detach(self, connection: Connection, keep_missed: bool) -> None:
+        """Stop feeding connection; with keep_missed, buffer for its session's return."""
+        with self._lock:
+            if connection not in self.connections:
+                return
+            self.connections.remove(connection)
+            session = connection.session_id
+            if keep_missed and session and not self.stopped and session not in self.offline:
+                if len(self.offline) >= MAX_OFFLINE_SESSIONS:
+                    oldest = min(self.offline, key=lambda key: self.offline[key].since)
+                    del self.offline[oldest]
+                self.offline[session] = OfflineBuffer()
+
+    def count(self) -> int:
+        """Connections open now."""
+        return len(self.connections)
+
+    def _note_dropped(self, dropped: int) -> Message:
+        return Message("iopub", new_header("stream", self.session), {
+            "name": "stderr", "text": f"[kernelserver: {dropped} messages sent while this client was "
+            "away did not fit the replay buffer and were dropped; the full output of each cell is "
+            "in the namespace's history]\n"})
+
+    # -- sending --
+
+    def broadcast(self, message: Message) -> None:
+        """To every connection, and into every offline session's buffer."""
+        with self._lock:
+            targets = list(self.connections)
+            for buffer in self.offline.values():
+                buffer.add(message)
+        for connection in targets:
+            connection.put(message)
+
+    def send_to(self, connection: Connection, message: Message) -> None:
+        """To one connection, or into its session's buffer if it has gone."""
+        with self._lock:
+            live = connection in self.connections
+            if not live and connection.session_id in self.offline:
+                self.offline[connection.session_id].add(message)
+        if live:
+            connection.put(message)
+
+    def iopub(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> Message:
+        """An iopub message of this kernel."""
+        return Message("iopub", new_header(msg_type, self.session), content, parent)
+
+    def status(self, state: str, parent: dict[str, Any]) -> Message:
+        """An iopub status message."""
+        return self.iopub("status", {"execution_state": state}, parent)
+
+    # -- the pump --
+
+    def _run(self) -> None:
+        while True:
+            item = self._subscription.get(1.0)
+            if item is None:
+                if self._subscription.closed or self._idle_expired():
+                    self._stop()
+                    return
+                continue
+            try:
+                self._handle(item)
+            except Exception:  # one odd event must not silence the kernel for its clients
+                log.exception("jupyter: could not relay an event of namespace %r", self.id)
+            if self.stopped:
+                return
+
+    def _idle_expired(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            for session in [s for s, b in self.offline.items() if now - b.since > OFFLINE_SECONDS]:
+                del self.offline[session]
+            return not self.connections and not self.offline
+
+    def _stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            connections, self.connections = list(self.connections), []
+            self.offline.clear()
+        self._subscription.close()
+        self.kernels.forget(self)
+        for connection in connections:
+            connection.close(1000, "the kernel is gone")
+
+    def _parent_of(self, execution: Execution) -> dict[str, Any]:
+        origin = execution.origin
+        if isinstance(origin, JupyterOrigin):
+            return origin.request.header
+        # A cell sent over HTTP: its own parent, so clients see it start and end.
+        return {"msg_id": f"{self.id}:{execution.execution_count}", "msg_type": "execute_request",
+                "username": USERNAME, "session": HTTP_SESSION, "date": execution.submitted_at,
+                "version": PROTOCOL_VERSION}
+
+    def _handle(self, item: NamespaceEvent) -> None:
+        event, execution = item.event, item.execution
+        if isinstance(event, StateEvent):
+            self._state(event.state)
+            return
+        if isinstance(event, StreamErrorEvent) or execution is None:
+            # The pump itself fell behind and was cut off: take up the feed again.
+            log.warning("jupyter: namespace %r: %s", self.id, getattr(event, "message", event))
+            self._subscription = self.kernels.service.subscribe(self.id)
+            return
+        origin = execution.origin if isinstance(execution.origin, JupyterOrigin) else None
+        parent = self._parent_of(execution)
+        quiet = origin is not None and origin.silent
+        if isinstance(event, StartedEvent):
+            self.running_parent = parent
+            self.broadcast(self.status("busy", parent))
+            if not quiet:
+                self.broadcast(self.iopub("execute_input", {
+                    "code": event.code, "execution_count": event.execution_count}, parent))
+        elif isinstance(event, OutputEvent):
+            if not quiet:
+                self.broadcast(self.iopub("stream", {"name": event.stream, "text": event.text}, parent))
+        elif isinstance(event, DisplayEvent):
+            if not quiet:
+                self.broadcast(self.iopub("display_data", {
+                    "data": event.data, "metadata": {}, "transient": {}}, parent))
+        elif isinstance(event, InputRequestEvent):
+            if origin is not None:
+                request = Message("stdin", new_header("input_request", self.session),
+                                  {"prompt": event.prompt, "password": event.password}, parent)
+                self.inputs[request.msg_id] = execution
+                self.send_to(origin.connection, request)
+        elif isinstance(event, ResultEvent):
+            self._finished(execution, event, origin, parent, quiet)
+
+    def _finished(self, execution: Execution, event: ResultEvent, origin: JupyterOrigin | None,
+                  parent: dict[str, Any], quiet: bool) -> None:
+        result = event.final.result  # without its output, which went out as it came
+        ran = result.started_at is not None
+        for msg_id in [k for k, e in self.inputs.items() if e is execution]:
+            del self.inputs[msg_id]
+        if ran:
+            self.running_parent = None
+        if ran and not quiet:
+            if result.ok and result.result is not None:
+                self.broadcast(self.iopub("execute_result", {
+                    "execution_count": result.execution_count, "data": result.result,
+                    "metadata": {}}, parent))
+            elif result.error is not None and not result.ok:
+                self.broadcast(self.iopub("error", replies.error_content(result.error), parent))
+        if origin is not None:
+            outcome = execution.outcome
+            content, metadata = replies.execute_reply(
+                result, outcome.user_expressions if outcome else None, ran)
+            if not ran:  # it never started, so its busy was never sent
+                self.send_to(origin.connection, self.status("busy", parent))
+            self.send_to(origin.connection, Message("shell", new_header("execute_reply", self.session),
+                                                    content, parent, metadata))
+            if not ran:
+                self.send_to(origin.connection, self.status("idle", parent))
+        if ran:
+            self.broadcast(self.status("idle", parent))
+
+    def _state(self, state: str) -> None:
+        if state == "restarting":
+            self.kernels.renew_session(self.id)
+            self.inputs.clear()
+            self.running_parent = None
+            self.broadcast(self.status("restarting", {}))
+        elif state == "dead":
+            self.broadcast(self.status("dead", {}))
+            self._stop()
+        else:
+            self.broadcast(self.status(state, {}))
+
+
+class Kernels:
+    """The Jupyter side of every namespace, and the count of open WebSockets."""
+
+    def __init__(self, service: Service, max_websockets: int) -> None:
+        self.service = service
+        self.max_websockets = max_websockets
+        self._kernels: dict[str, JupyterKernel] = {}
+        self._sessions: dict[str, str] = {}
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def session(self, namespace_id: str) -> str:
+        """The namespace's kernel session: the same for every message until a restart."""
+        with self._lock:
+            return self._sessions.setdefault(namespace_id, uuid.uuid4().hex)
+
+    def renew_session(self, namespace_id: str) -> None:
+        """A restarted kernel is a new session."""
+        with self._lock:
+            self._sessions[namespace_id] = uuid.uuid4().hex
+
+    def reserve(self) -> None:
+        """Count one more open WebSocket; TooManyWebSockets past max_websockets."""
+        with self._lock:
+            if self._open >= self.max_websockets:
+                raise TooManyWebSockets(
+                    f"{self._open} WebSockets are open, the most this server allows "
+                    f"(max_websockets={self.max_websockets}); close one, or raise the setting")
+            self._open += 1
+
+    def release(self) -> None:
+        """One WebSocket fewer."""
+        with self._lock:
+            self._open -= 1
+
+    def attach(self, connection: Connection) -> JupyterKernel:
+        """Feed connection from its namespace's kernel (started for it if need be)."""
+        for _ in range(3):  # a pump that stops as we attach is replaced by a fresh one
+            with self._lock:
+                kernel = self._kernels.get(connection.kernel_id)
+            if kernel is None or kernel.stopped:
+                subscription = self.service.subscribe(connection.kernel_id)
+                with self._lock:
+                    kernel = self._kernels.get(connection.kernel_id)
+                    if kernel is None or kernel.stopped:
+                        kernel = JupyterKernel(self, connection.kernel_id, subscription)
+                        self._kernels[connection.kernel_id] = kernel
+                    else:
+                        subscription.close()
+            if kernel.attach(connection):
+                return kernel
+        raise NamespaceNotFound(f"no kernel {connection.kernel_id!r}", id=connection.kernel_id)
+
+    def forget(self, kernel: JupyterKernel) -> None:
+        """Drop a stopped kernel."""
+        with self._lock:
+            if self._kernels.get(kernel.id) is kernel:
+                del self._kernels[kernel.id]
+
+    def connections(self, namespace_id: str) -> int:
+        """Open WebSockets on the namespace."""
+        with self._lock:
+            kernel = self._kernels.get(namespace_id)
+        return kernel.count() if kernel is not None else 0
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every WebSocket (server shutdown: 1001)."""
+        with self._lock:
+            kernels = list(self._kernels.values())
+        for kernel in kernels:
+            for connection in list(kernel.connections):
+                connection.close(code, reason)
+
