@@ -15,7 +15,7 @@ from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
 from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
-from .subscriptions import Hub, NamespaceSubscription
+from .subscriptions import Hub, NamespaceEvent, NamespaceSubscription, Relay
 
 log = logging.getLogger("kernelserver")
 
@@ -297,6 +297,10 @@ class Namespace:
     def subscribe(self) -> NamespaceSubscription:
         """Every event of every cell from now on, whoever submitted it."""
         return NamespaceSubscription(self.id, self.hub)
+
+    def relay(self, callback: Callable[[NamespaceEvent], None]) -> Relay:
+        """Every event of every cell from now on, handed to callback as it is published."""
+        return Relay(self.hub, callback)
 
     # -- lifecycle --
 

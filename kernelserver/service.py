@@ -24,7 +24,7 @@ from .namespace import Namespace, NamespaceInfo
 from .probe import PROBE_CODE, parse_probe_output
 from .registry import Registry, validate_id
 from .results import Cell, Event, ResultEvent
-from .subscriptions import NamespaceSubscription, Subscription
+from .subscriptions import NamespaceEvent, NamespaceSubscription, Relay, Subscription
 
 PROBE_TTL = 30.0
 WAIT_SLICE = 1.0  # no single wait is unbounded, however long the caller is willing to wait
@@ -158,6 +158,10 @@ class Service:
     def subscribe(self, namespace_id: str) -> NamespaceSubscription:
         """Every event of every cell of a namespace from now on, whoever sent the cell."""
         return self.registry.get(namespace_id).subscribe()
+
+    def relay(self, namespace_id: str, callback: Callable[[NamespaceEvent], None]) -> Relay:
+        """The same events handed to callback on the publishing thread; it must never block."""
+        return self.registry.get(namespace_id).relay(callback)
 
     # -- cells --
 

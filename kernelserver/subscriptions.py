@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from .results import Event, KeepaliveEvent, ResultEvent, StateEvent, StreamErrorEvent
 
 if TYPE_CHECKING:
     from .execution import Execution
+
+log = logging.getLogger("kernelserver")
 
 # A streaming client may fall this many events behind (each at most one 64 KiB read) before
 # the cell waits for it, and the cell waits at most this long before cutting it off.
@@ -79,23 +82,54 @@ class Listener(Generic[T]):
             return None
 
 
+class Watcher(Protocol):
+    """Takes a namespace's events: a Listener (a queue) or a Relay (a callback)."""
+
+    def offer(self, item: NamespaceEvent) -> bool:
+        """Take item; False to be removed."""
+
+
+class Relay:
+    """A watcher that hands each event to a callback, on the thread that publishes it.
+
+    For a front end that only queues what it makes of an event (never blocks, as
+    JupyterKernel does): one thread hand-off fewer than a NamespaceSubscription.
+    """
+
+    def __init__(self, hub: Hub, callback: Callable[[NamespaceEvent], None]) -> None:
+        self._hub = hub
+        self._callback = callback
+        hub.add(self)
+
+    def offer(self, item: NamespaceEvent) -> bool:
+        try:
+            self._callback(item)
+        except Exception:  # the cell that published it must not fail for a front end's bug
+            log.exception("a relay of namespace events failed")
+        return True
+
+    def close(self) -> None:
+        """Stop relaying (idempotent)."""
+        self._hub.remove(self)
+
+
 class Hub:
     """A namespace's watchers: the subscribers to every cell it runs."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Replaced, never mutated: executions read it on every write without a lock.
-        self.watchers: tuple[Listener[NamespaceEvent], ...] = ()
+        self.watchers: tuple[Watcher, ...] = ()
 
-    def add(self, listener: Listener[NamespaceEvent]) -> None:
-        """Start sending events to listener."""
+    def add(self, watcher: Watcher) -> None:
+        """Start sending events to watcher."""
         with self._lock:
-            self.watchers = (*self.watchers, listener)
+            self.watchers = (*self.watchers, watcher)
 
-    def remove(self, listener: Listener[NamespaceEvent]) -> None:
-        """Stop sending events to listener (idempotent)."""
+    def remove(self, watcher: Watcher) -> None:
+        """Stop sending events to watcher (idempotent)."""
         with self._lock:
-            self.watchers = tuple(w for w in self.watchers if w is not listener)
+            self.watchers = tuple(w for w in self.watchers if w is not watcher)
 
     def publish(self, execution: Execution | None, event: Event) -> None:
         """Send event to every watcher; a watcher too far behind is cut off, never waited for."""

@@ -41,6 +41,7 @@ NORMAL = 1000
 GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 ABNORMAL = 1006
 
 
@@ -99,6 +100,10 @@ class WebSocket:
         # The worker's read timeout is for requests; a WebSocket waits on select() instead, and
         # sends with their own bound.
         sock.settimeout(SEND_TIMEOUT)
+        try:  # small frames (a status, a reply) must not wait on Nagle for the peer's ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         offered = offered_subprotocols(environ)
         chosen = next((p for p in offered if p in subprotocols), None)
         self = cls(sock, chosen, ping_interval, max_message_size)
@@ -128,12 +133,19 @@ class WebSocket:
 
     def send(self, message: str | bytes) -> None:
         """Send one message (text for str, binary for bytes); ConnectionClosed once closed."""
-        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+        self.send_many([message])
+
+    def send_many(self, messages: list[str | bytes]) -> None:
+        """Send messages in order, in one write; ConnectionClosed once closed."""
+        if not messages:
+            return
         with self._send_lock:
             if self._ws.state is not ConnectionState.OPEN:
                 raise ConnectionClosed(self.close_code or ABNORMAL, self.close_reason)
+            data = b"".join(self._ws.send(Message(data=m) if isinstance(m, bytes)
+                                          else TextMessage(data=m)) for m in messages)
             try:
-                self._write(self._ws.send(event))
+                self._write(data)
             except OSError as exc:  # timed out or reset: the peer is gone for us
                 self._abort(f"send failed: {exc}")
                 raise ConnectionClosed(ABNORMAL, str(exc)) from None

@@ -54,14 +54,26 @@ class Connection:
 
     def _write_loop(self) -> None:
         while True:
-            item = self._outbox.get()
-            if item is None:
-                return
+            items = [self._outbox.get()]
+            # What else is queued goes out with it, in one write: a cell's result, reply and idle
+            # come together, and one send of three frames beats three.
+            while len(items) < 64:
+                try:
+                    items.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            frames: list[str | bytes] = []
             try:
-                if isinstance(item, tuple):
-                    self.ws.close(*item)
-                else:
-                    self.ws.send(serialize(item, self.ws.subprotocol))
+                for item in items:
+                    if item is None or isinstance(item, tuple):
+                        self.ws.send_many(frames)
+                        frames = []
+                        if item is None:
+                            return
+                        self.ws.close(*item)
+                    else:
+                        frames.append(serialize(item, self.ws.subprotocol))
+                self.ws.send_many(frames)
             except ConnectionClosed:
                 return
 
@@ -76,7 +88,11 @@ class Connection:
 
     def serve(self) -> None:
         """Answer the client until it goes (runs on the request's thread)."""
-        self.kernel = self.kernels.attach(self)
+        try:
+            self.kernel = self.kernels.attach(self)
+        except KernelServerError as exc:  # deleted between the handshake and now
+            self.ws.close(1000, exc.message[:120])
+            return
         self._writer.start()
         keep_missed = True
         try:

@@ -1,9 +1,8 @@
-"""Namespaces as Jupyter kernels: each one's session, connections and offline buffers, and the pump
+"""Namespaces as Jupyter kernels: each one's session, connections and offline buffers, and the relay
 that turns the namespace's events (every cell, whoever sent it) into iopub messages."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -21,17 +20,14 @@ from ..results import (
     ResultEvent,
     StartedEvent,
     StateEvent,
-    StreamErrorEvent,
 )
 from ..service import Service
-from ..subscriptions import NamespaceEvent, NamespaceSubscription
+from ..subscriptions import NamespaceEvent
 from . import replies
 from .wire import PROTOCOL_VERSION, USERNAME, Message, new_header
 
 if TYPE_CHECKING:
     from .channels import Connection
-
-log = logging.getLogger("kernelserver.jupyter")
 
 # What a disconnected session may miss and still get on reconnect (jupyter_server's
 # buffer_offline_messages, bounded): messages, their bytes, and for how long.
@@ -72,9 +68,13 @@ class OfflineBuffer:
 
 
 class JupyterKernel:
-    """One namespace as Jupyter clients see it; a pump thread feeds its connections."""
+    """One namespace as Jupyter clients see it, fed by a relay of the namespace's events.
 
-    def __init__(self, kernels: Kernels, namespace_id: str, subscription: NamespaceSubscription) -> None:
+    The relay runs on the thread that publishes an event (the cell's runner, mostly) and only
+    queues messages for connections: no thread of its own, no hand-off before the writer.
+    """
+
+    def __init__(self, kernels: Kernels, namespace_id: str) -> None:
         self.kernels = kernels
         self.id = namespace_id
         self.connections: list[Connection] = []
@@ -83,9 +83,7 @@ class JupyterKernel:
         self.running_parent: dict[str, Any] | None = None  # the header of the cell that runs now
         self.stopped = False
         self._lock = threading.Lock()
-        self._subscription = subscription
-        self._pump = threading.Thread(target=self._run, name=f"jupyter-{namespace_id}", daemon=True)
-        self._pump.start()
+        self._relay = kernels.service.relay(namespace_id, self._handle)
 
     @property
     def session(self) -> str:
@@ -128,6 +126,16 @@ class JupyterKernel:
                     oldest = min(self.offline, key=lambda key: self.offline[key].since)
                     del self.offline[oldest]
                 self.offline[session] = OfflineBuffer()
+            idle = self._unused()
+        if idle:
+            self._stop()
+
+    def _unused(self) -> bool:
+        """Drop expired offline buffers; True when nobody is left to feed (under the lock)."""
+        now = time.monotonic()
+        for session in [s for s, b in self.offline.items() if now - b.since > OFFLINE_SECONDS]:
+            del self.offline[session]
+        return not self.connections and not self.offline
 
     def count(self) -> int:
         """Connections open now."""
@@ -145,8 +153,14 @@ class JupyterKernel:
         """To every connection, and into every offline session's buffer."""
         with self._lock:
             targets = list(self.connections)
-            for buffer in self.offline.values():
-                buffer.add(message)
+            if self.offline:
+                idle = self._unused()
+                for buffer in self.offline.values():
+                    buffer.add(message)
+            else:
+                idle = not targets
+        if idle:
+            self._stop()
         for connection in targets:
             connection.put(message)
 
@@ -167,36 +181,16 @@ class JupyterKernel:
         """An iopub status message."""
         return self.iopub("status", {"execution_state": state}, parent)
 
-    # -- the pump --
-
-    def _run(self) -> None:
-        while True:
-            item = self._subscription.get(1.0)
-            if item is None:
-                if self._subscription.closed or self._idle_expired():
-                    self._stop()
-                    return
-                continue
-            try:
-                self._handle(item)
-            except Exception:  # one odd event must not silence the kernel for its clients
-                log.exception("jupyter: could not relay an event of namespace %r", self.id)
-            if self.stopped:
-                return
-
-    def _idle_expired(self) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            for session in [s for s, b in self.offline.items() if now - b.since > OFFLINE_SECONDS]:
-                del self.offline[session]
-            return not self.connections and not self.offline
+    # -- the relay --
 
     def _stop(self) -> None:
         with self._lock:
+            if self.stopped:
+                return
             self.stopped = True
             connections, self.connections = list(self.connections), []
             self.offline.clear()
-        self._subscription.close()
+        self._relay.close()
         self.kernels.forget(self)
         for connection in connections:
             connection.close(1000, "the kernel is gone")
@@ -215,10 +209,7 @@ class JupyterKernel:
         if isinstance(event, StateEvent):
             self._state(event.state)
             return
-        if isinstance(event, StreamErrorEvent) or execution is None:
-            # The pump itself fell behind and was cut off: take up the feed again.
-            log.warning("jupyter: namespace %r: %s", self.id, getattr(event, "message", event))
-            self._subscription = self.kernels.service.subscribe(self.id)
+        if execution is None or self.stopped:
             return
         origin = execution.origin if isinstance(execution.origin, JupyterOrigin) else None
         parent = self._parent_of(execution)
@@ -323,18 +314,12 @@ class Kernels:
 
     def attach(self, connection: Connection) -> JupyterKernel:
         """Feed connection from its namespace's kernel (started for it if need be)."""
-        for _ in range(3):  # a pump that stops as we attach is replaced by a fresh one
+        for _ in range(3):  # a kernel that stops as we attach is replaced by a fresh one
             with self._lock:
                 kernel = self._kernels.get(connection.kernel_id)
-            if kernel is None or kernel.stopped:
-                subscription = self.service.subscribe(connection.kernel_id)
-                with self._lock:
-                    kernel = self._kernels.get(connection.kernel_id)
-                    if kernel is None or kernel.stopped:
-                        kernel = JupyterKernel(self, connection.kernel_id, subscription)
-                        self._kernels[connection.kernel_id] = kernel
-                    else:
-                        subscription.close()
+                if kernel is None or kernel.stopped:
+                    kernel = JupyterKernel(self, connection.kernel_id)
+                    self._kernels[connection.kernel_id] = kernel
             if kernel.attach(connection):
                 return kernel
         raise NamespaceNotFound(f"no kernel {connection.kernel_id!r}", id=connection.kernel_id)

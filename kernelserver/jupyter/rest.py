@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -15,13 +16,14 @@ from ..errors import BadRequest, KernelServerError, NotFound
 from ..namespace import NamespaceInfo
 from ..params import current_service
 from ..streaming import json_response
-from ..websocket import HandshakeError, WebSocket
+from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
 from .channels import Connection
 from .kernels import Kernels
 from .wire import V1
 
 bp = Blueprint("jupyter", __name__)
+log = logging.getLogger("kernelserver.jupyter")
 
 
 def current_kernels() -> Kernels:
@@ -140,7 +142,11 @@ def channels(kernel_id: str) -> Response:
                                   service.config["max_body_bytes"])
         except HandshakeError as exc:
             raise BadRequest(str(exc)) from None
-        Connection(ws, kernel_id, request.args.get("session_id", ""), service, kernels).serve()
+        try:
+            Connection(ws, kernel_id, request.args.get("session_id", ""), service, kernels).serve()
+        except Exception:  # the HTTP answer is long gone: close the socket, say why in the log
+            log.exception("jupyter: the channels of kernel %r failed", kernel_id)
+            ws.close(INTERNAL_ERROR, "internal error; see the server log")
     finally:
         kernels.release()
     return HandedOver()
