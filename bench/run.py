@@ -15,21 +15,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import channels  # noqa: E402
 import concurrency  # noqa: E402
 import output  # noqa: E402
 import roundtrip  # noqa: E402
 import startup  # noqa: E402
 from common import machine  # noqa: E402
 
-FULL = {"roundtrip": {"rounds": 10, "batch": 200}, "startup": {"rounds": 10},
-        "output": {"megabytes": 50.0, "rounds": 3}, "concurrency": {"rounds": 5, "seconds": 2.0}}
-SMOKE = {"roundtrip": {"rounds": 2, "batch": 10}, "startup": {"rounds": 1},
-         "output": {"megabytes": 1.0, "rounds": 1}, "concurrency": {"rounds": 1, "seconds": 0.3}}
+FULL = {"roundtrip": {"rounds": 10, "batch": 200}, "channels": {"rounds": 10, "batch": 200},
+        "startup": {"rounds": 10}, "output": {"megabytes": 50.0, "rounds": 3},
+        "concurrency": {"rounds": 5, "seconds": 2.0}}
+SMOKE = {"roundtrip": {"rounds": 2, "batch": 10}, "channels": {"rounds": 1, "batch": 5},
+         "startup": {"rounds": 1}, "output": {"megabytes": 1.0, "rounds": 1},
+         "concurrency": {"rounds": 1, "seconds": 0.3}}
 
 
 def table(results: dict[str, Any]) -> str:
     """The markdown table: each measure, the figures side by side, the ratio and its target."""
-    rt, st, out, cc = (results[k] for k in ("roundtrip", "startup", "output", "concurrency"))
+    rt, ch, st, out, cc = (results[k] for k in ("roundtrip", "channels", "startup", "output",
+                                                "concurrency"))
+    ws = ch["median_ms"]
     rows = [
         ("execute `1+1` p50", f"{rt['median_ms']['kernelserver']:.2f} ms",
          f"floor {rt['median_ms']['floor']:.2f} ms", f"{rt['vs_floor']:.2f}× the floor", "≤ 1.3×",
@@ -37,6 +42,10 @@ def table(results: dict[str, Any]) -> str:
         ("… against jupyter_client", f"{rt['median_ms']['kernelserver']:.2f} ms",
          f"jupyter_client {rt['median_ms']['jupyter_client']:.2f} ms",
          f"{rt['faster_than_jupyter']:.1f}× faster", "≥ 8×", rt["faster_than_jupyter"] >= 8),
+        ("`1+1` over a Jupyter WebSocket p50", f"{ws['kernelserver_ws']:.2f} ms",
+         f"jupyter_client {ws['jupyter_client']:.2f} ms; Kernel Gateway's WebSocket "
+         f"{ws['kernel_gateway_ws']:.1f} ms", f"{ch['ws_fraction_of_jupyter_client']:.2f} of "
+         f"jupyter_client's", "≤ 1/10", ch["ws_fraction_of_jupyter_client"] <= 0.1),
         ("namespace ready (create → first result)", f"{st['median_ms']['kernelserver']:.1f} ms",
          f"Jupyter kernel start {st['median_ms']['jupyter']:.0f} ms",
          f"1/{1 / st['fraction_of_jupyter']:.0f}", "≤ 1/30", st["fraction_of_jupyter"] <= 1 / 30),
@@ -65,8 +74,8 @@ def main() -> None:
     sizes = SMOKE if args.smoke else FULL
     started = time.monotonic()
     results: dict[str, Any] = {}
-    for name, module in (("roundtrip", roundtrip), ("startup", startup), ("output", output),
-                         ("concurrency", concurrency)):
+    for name, module in (("roundtrip", roundtrip), ("channels", channels), ("startup", startup),
+                         ("output", output), ("concurrency", concurrency)):
         print(f"running {name} {sizes[name]} ...", file=sys.stderr, flush=True)
         results[name] = module.run(**sizes[name])  # type: ignore[attr-defined]
     results["machine"] = machine()

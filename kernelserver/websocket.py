@@ -10,9 +10,12 @@ little); a peer that stops answering pings is dropped; every wait is bounded.
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -34,6 +37,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 READ_SIZE = 1 << 16
+DIRECT_MAX = 16 << 10  # try_send: the largest message, and the most already queued in the socket
 SEND_TIMEOUT = 60.0  # a peer that takes longer than this to take one message is dropped
 CLOSE_TIMEOUT = 2.0  # how long a local close waits for the peer's close frame
 
@@ -70,6 +74,14 @@ def offered_subprotocols(environ: Mapping[str, Any]) -> list[str]:
     return [p.strip() for p in raw.split(",") if p.strip()]
 
 
+def _unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet sent; large when it cannot tell."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 1 << 30
+
+
 class WebSocket:
     """One accepted WebSocket: receive() on one thread, send() and close() from any."""
 
@@ -79,6 +91,7 @@ class WebSocket:
         self.subprotocol = subprotocol
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._ws = WSConnection(ConnectionType.SERVER)
         self._send_lock = threading.Lock()
         self._messages: deque[str | bytes] = deque()
@@ -134,6 +147,26 @@ class WebSocket:
     def send(self, message: str | bytes) -> None:
         """Send one message (text for str, binary for bytes); ConnectionClosed once closed."""
         self.send_many([message])
+
+    def try_send(self, message: str | bytes) -> bool:
+        """Send a small message now if that cannot block; False (nothing sent) otherwise.
+
+        For a thread that must never wait on a client (a cell's own): it skips the hand-off
+        to a writer thread when the socket's send queue is nearly empty, so the message fits.
+        """
+        if self._tls or len(message) > DIRECT_MAX or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._ws.state is not ConnectionState.OPEN or _unsent(self.sock) > DIRECT_MAX:
+                return False
+            event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+            try:
+                self._write(self._ws.send(event))
+            except OSError as exc:
+                self._abort(f"send failed: {exc}")
+            return True
+        finally:
+            self._send_lock.release()
 
     def send_many(self, messages: list[str | bytes]) -> None:
         """Send messages in order, in one write; ConnectionClosed once closed."""

@@ -19,7 +19,8 @@ def test_bench_smoke_runs_every_benchmark_and_prints_the_table(tmp_path: Path) -
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| execute `1+1` p50 |" in done.stdout
-    for measure in ("jupyter_client", "namespace ready", "streamed", "buffered", "4 clients"):
+    for measure in ("jupyter_client", "Jupyter WebSocket", "Kernel Gateway", "namespace ready",
+                    "streamed", "buffered", "4 clients"):
         assert measure in done.stdout
     assert '"roundtrip"' in raw.read_text()
 

@@ -40,17 +40,28 @@ class Connection:
         self.kernel: JupyterKernel | None = None
         # Messages, then None (the reader is done) or a (code, reason) close after what is queued.
         self._outbox: queue.Queue[Message | tuple[int, str] | None] = queue.Queue(OUTBOX_MESSAGES)
+        self._lock = threading.Lock()
+        self._backlog = 0  # messages queued or being written: while any, new ones queue behind
         self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                         name=f"ws-writer-{kernel_id}")
 
     # -- out --
 
     def put(self, message: Message) -> None:
-        """Queue a message for the client; one that reads too slowly is dropped, to come back."""
-        try:
-            self._outbox.put_nowait(message)
-        except queue.Full:
-            self.ws.close(TRY_AGAIN_LATER, "the client read too slowly; reconnect to get what it missed")
+        """Send or queue a message for the client, never waiting; one that reads too slowly is
+        dropped (and replayed what it missed when it comes back)."""
+        with self._lock:
+            # Nothing queued before it: send it now from this thread if that cannot block, and
+            # save the writer's wake-up (~0.15 ms a batch here, half a small cell's round trip).
+            if not self._backlog and self.ws.try_send(serialize(message, self.ws.subprotocol)):
+                return
+            self._backlog += 1
+            try:
+                self._outbox.put_nowait(message)
+                return
+            except queue.Full:
+                self._backlog -= 1
+        self.ws.close(TRY_AGAIN_LATER, "the client read too slowly; reconnect to get what it missed")
 
     def _write_loop(self) -> None:
         while True:
@@ -76,6 +87,9 @@ class Connection:
                 self.ws.send_many(frames)
             except ConnectionClosed:
                 return
+            finally:
+                with self._lock:
+                    self._backlog -= sum(isinstance(item, Message) for item in items)
 
     def close(self, code: int, reason: str) -> None:
         """Close the WebSocket once what is queued for it is sent (from any thread)."""
