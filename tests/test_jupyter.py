@@ -120,6 +120,7 @@ def test_auth_takes_token_or_bearer_and_query_token_only_on_upgrades(server: Liv
     assert refused.value.status_code == 401
     ws = websocket.create_connection(ws_url(server.url, kernel, token=server.token), timeout=10)
     ws.close()
+    assert server.token not in server.output()  # the URL that carried it is not logged
 
 
 @pytest.mark.parametrize(("origin", "allowed"), [

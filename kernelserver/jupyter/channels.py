@@ -142,7 +142,7 @@ class Connection:
                 "server log", "traceback": []})
 
     def _session(self) -> str:
-        return self.kernels.session(self.kernel_id)
+        return self.kernel.session if self.kernel is not None else ""
 
     def _answer(self, request: Message, msg_type: str, content: dict[str, Any]) -> None:
         """A reply inside busy/idle, to this client only: a side request while a cell runs must

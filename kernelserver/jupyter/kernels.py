@@ -82,13 +82,10 @@ class JupyterKernel:
         self.inputs: dict[str, Execution] = {}  # input_request msg_id → the cell waiting for it
         self.running_parent: dict[str, Any] | None = None  # the header of the cell that runs now
         self.stopped = False
+        # Every message of this kernel carries it, until a restart makes a new one.
+        self.session = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._relay = kernels.service.relay(namespace_id, self._handle)
-
-    @property
-    def session(self) -> str:
-        """The kernel session every message of this kernel carries."""
-        return self.kernels.session(self.id)
 
     # -- connections --
 
@@ -266,7 +263,7 @@ class JupyterKernel:
 
     def _state(self, state: str) -> None:
         if state == "restarting":
-            self.kernels.renew_session(self.id)
+            self.session = uuid.uuid4().hex  # a restarted kernel is a new session
             self.inputs.clear()
             self.running_parent = None
             self.broadcast(self.status("restarting", {}))
@@ -284,19 +281,8 @@ class Kernels:
         self.service = service
         self.max_websockets = max_websockets
         self._kernels: dict[str, JupyterKernel] = {}
-        self._sessions: dict[str, str] = {}
         self._open = 0
         self._lock = threading.Lock()
-
-    def session(self, namespace_id: str) -> str:
-        """The namespace's kernel session: the same for every message until a restart."""
-        with self._lock:
-            return self._sessions.setdefault(namespace_id, uuid.uuid4().hex)
-
-    def renew_session(self, namespace_id: str) -> None:
-        """A restarted kernel is a new session."""
-        with self._lock:
-            self._sessions[namespace_id] = uuid.uuid4().hex
 
     def reserve(self) -> None:
         """Count one more open WebSocket; TooManyWebSockets past max_websockets."""
