@@ -292,8 +292,15 @@ class Execution:
         listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS, LISTENER_STALL_SECONDS)
         backlog: list[Event] = []
         with self._cond:
-            if self._final is not None:
-                return Subscription(self, None, [ResultEvent(self._final)])
+            final = self._final
+            if final is not None:
+                # Finished already (a fast cell can finish before its streaming client subscribes):
+                # with replay the stream still carries its output, then the result.
+                if replay:
+                    backlog += [OutputEvent(name, str(text)) for name, text  # type: ignore[arg-type]
+                                in (("stdout", final.stdout), ("stderr", final.stderr)) if text]
+                    backlog += [DisplayEvent(d) for d in final.result.displays]
+                return Subscription(self, None, [*backlog, ResultEvent(final)])
             if replay:
                 for name, buffer in (("stdout", self.stdout), ("stderr", self.stderr)):
                     text = buffer.getvalue()

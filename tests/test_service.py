@@ -348,3 +348,19 @@ def test_completion_and_inspection_from_the_namespace(service: Service) -> None:
     text = found["data"]["text/plain"]
     assert "helper(a, b=2)" in text and "Adds things." in text
     assert service.inspect("ci2", "nothing_here", 4)["found"] is False
+
+
+def test_a_stream_of_a_cell_that_already_finished_still_carries_its_output(service: Service) -> None:
+    # A fast cell can finish before its streaming client subscribes (the soak test caught one).
+    service.create("fast")
+    execution = service.submit("fast", Cell("import sys\nprint('out')\nsys.stderr.write('err')\n"
+                                            "display({'text/plain': 'd'}, raw=True)\n1"))
+    assert service.wait(execution, 10)
+    events = list(service.stream(execution).events())
+    assert events[:3] == [OutputEvent("stdout", "out\n"), OutputEvent("stderr", "err"),
+                          DisplayEvent({"text/plain": "d"})]
+    assert isinstance(events[3], ResultEvent) and len(events) == 4
+    # Read back from history, too.
+    service.delete("fast")
+    recorded = list(service.stream(service.execution("fast", execution.execution_count)).events())
+    assert recorded[0] == OutputEvent("stdout", "out\n") and isinstance(recorded[-1], ResultEvent)
