@@ -22,7 +22,7 @@ from .results import (
     ResultEvent,
     StartedEvent,
 )
-from .subscriptions import LISTENER_QUEUE_EVENTS, LISTENER_STALL_SECONDS, Hub, Listener, Subscription
+from .subscriptions import LISTENER_QUEUE_EVENTS, Hub, Listener, Subscription, weight
 
 
 def utcnow_iso() -> str:
@@ -160,10 +160,10 @@ class Execution:
     # -- sink interface, called by the backend from the namespace's runner thread --
 
     def _emit(self, listeners: list[Listener[Event]], event: Event) -> None:
-        # Outside the lock: a full queue makes the runner wait (backpressure, so a live client
-        # receives everything), but never blocks readers of the execution's state.
+        # Outside the lock. Never waits: a listener too far behind is cut off instead.
+        size = weight(event)
         for listener in listeners:
-            if not listener.offer(event):
+            if not listener.offer(event, size):
                 self.unsubscribe(listener)
         if self._hub is not None:
             self._hub.publish(self, event)
@@ -289,7 +289,7 @@ class Execution:
         With replay, the output kept so far comes first, so a client reattaching to a running
         execution misses nothing that is still kept.
         """
-        listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS, LISTENER_STALL_SECONDS)
+        listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS)
         backlog: list[Event] = []
         with self._cond:
             final = self._final

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 -- Outputs apart, the blob last: SQLite keeps zeroblob(n) lazy only in a record's last column,
 -- which lets a large output be written in pieces instead of copied whole.
+-- Numbers handed out ahead of the batched rows: an execution_count is on disk before it is
+-- answered, so a server killed right after an answer never hands it out again.
+CREATE TABLE IF NOT EXISTS counters (
+    ns TEXT PRIMARY KEY,
+    reserved INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outputs (
     ns TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -241,9 +247,22 @@ class History:
             return list(self._read.execute(sql, args).fetchall())
 
     def max_count(self, ns: str) -> int:
-        """The highest execution_count recorded for ns (0 if none)."""
+        """The highest execution_count recorded or reserved for ns (0 if none)."""
         rows = self._query("SELECT MAX(n) AS m FROM executions WHERE ns=?", (ns,))
-        return int(rows[0]["m"] or 0)
+        reserved = self._query("SELECT reserved FROM counters WHERE ns=?", (ns,))
+        return max(int(rows[0]["m"] or 0), int(reserved[0]["reserved"]) if reserved else 0)
+
+    def release(self, ns: str, last: int) -> None:
+        """Give back reserved numbers past last (the namespace closes cleanly: no gap after it)."""
+        with self._read_lock:
+            self._read.execute("UPDATE counters SET reserved = ? WHERE ns = ?", (last, ns))
+
+    def reserve(self, ns: str, upto: int) -> None:
+        """Put on disk, now, that numbers up to upto are handed out for ns (never again)."""
+        with self._read_lock:
+            self._read.execute(
+                "INSERT INTO counters (ns, reserved) VALUES (?, ?) ON CONFLICT(ns) DO UPDATE "
+                "SET reserved = max(reserved, excluded.reserved)", (ns, upto))
 
     def has(self, ns: str) -> bool:
         """True if ns has any recorded execution."""

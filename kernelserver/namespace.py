@@ -18,6 +18,7 @@ from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceEvent, NamespaceSubscription, Relay
 
 log = logging.getLogger("kernelserver")
+RESERVE_BLOCK = 64  # execution counts put on disk at once: one synchronous write per 64 cells
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ class Namespace:
         self._on_failed = on_failed
         self._started = threading.Event()  # the kernel is up, or will never be
         self._start_error: str | None = None
-        # execution_count never repeats for an id: continue after what history holds.
+        # execution_count never repeats for an id: continue after what history holds, and
+        # reserve numbers on disk (a block at a time) before they are handed out.
         self._next_count = (history.max_count(namespace_id) if history else 0) + 1
+        self._reserved = self._next_count - 1
         self._lock = threading.Lock()
         self._queue: queue.Queue[Execution | None] = queue.Queue()
         self._executions: OrderedDict[int, Execution] = OrderedDict()
@@ -158,6 +161,9 @@ class Namespace:
                     "queued; wait for them or interrupt"
                 )
             cap = self.config["output_cap_bytes"] if cell.output_cap is None else cell.output_cap
+            if self.history is not None and self._next_count > self._reserved:
+                self._reserved = self._next_count + RESERVE_BLOCK - 1
+                self.history.reserve(self.id, self._reserved)
             execution = Execution(self.id, self._next_count, cell, cap, hub=self.hub, origin=origin)
             execution.stop_group = stop_group
             self._next_count += 1
@@ -342,6 +348,11 @@ class Namespace:
             kernel.close()
         self._queue.put(None)
         self._runner.join(timeout)
+        if self.history is not None:
+            # Every number handed out is in a row now (or queued for one): the next namespace
+            # of this id continues right after the last, not after the reserved block.
+            with self._lock:
+                self.history.release(self.id, self._next_count - 1)
         self.hub.publish(None, StateEvent("dead"))
 
     def info(self, with_variables: bool = False) -> NamespaceInfo:

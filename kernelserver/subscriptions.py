@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from .results import Event, KeepaliveEvent, ResultEvent, StateEvent, StreamErrorEvent
+from .results import (
+    DisplayEvent,
+    Event,
+    KeepaliveEvent,
+    OutputEvent,
+    ResultEvent,
+    StateEvent,
+    StreamErrorEvent,
+)
 
 if TYPE_CHECKING:
     from .execution import Execution
 
 log = logging.getLogger("kernelserver")
 
-# A streaming client may fall this many events behind (each at most one 64 KiB read) before
-# the cell waits for it, and the cell waits at most this long before cutting it off.
-LISTENER_QUEUE_EVENTS = 64
-LISTENER_STALL_SECONDS = 30.0
-# A namespace watcher never makes a cell wait (it may be someone else's cell): it is cut off at
-# once when this many events are waiting for it.
+# A subscriber never makes a cell wait: one that falls this far behind (events, or characters of
+# text and displays) is cut off, told so, and fetches the result later. A live client reads as
+# fast as the cell prints; one that stalls must not stall the cell, its deadline or anyone else.
+LISTENER_QUEUE_EVENTS = 4096
+LISTENER_QUEUE_BYTES = 32 << 20
+# A namespace watcher (every cell of a namespace) is cut off sooner in events: many are tiny.
 WATCHER_QUEUE_EVENTS = 256
 
 
@@ -41,52 +49,62 @@ class NamespaceEvent:
     event: Event
 
 
+def weight(event: Event) -> int:
+    """What an event costs a subscriber's queue: the characters of its text or display."""
+    if isinstance(event, OutputEvent):
+        return len(event.text)
+    if isinstance(event, DisplayEvent):
+        return sum(len(v) for v in event.data.values() if isinstance(v, str))
+    return 0
+
+
 T = TypeVar("T")
 
 
 class Listener(Generic[T]):
-    """A bounded queue of events for one subscriber; one that falls too far behind is cut off."""
+    """A queue of events for one subscriber that never makes the publisher wait."""
 
-    def __init__(self, size: int, stall: float) -> None:
-        self._queue: queue.Queue[T | _Cut] = queue.Queue(size)
-        self._stall = stall
+    def __init__(self, max_events: int, max_bytes: int = LISTENER_QUEUE_BYTES) -> None:
+        self._items: deque[tuple[T | _Cut, int]] = deque()
+        self._cond = threading.Condition()
+        self._bytes = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
         self.cut = False
 
-    def offer(self, item: T) -> bool:
-        """Queue item, waiting up to the stall time for room; False once the subscriber is cut off."""
-        if self.cut:
-            return False
-        try:
-            if self._stall > 0:
-                self._queue.put(item, timeout=self._stall)
-            else:
-                self._queue.put_nowait(item)
+    def offer(self, item: T, size: int = 0) -> bool:
+        """Queue item; False once the subscriber is cut off for being too far behind."""
+        with self._cond:
+            if self.cut:
+                return False
+            if len(self._items) >= self._max_events or self._bytes + size > self._max_bytes:
+                # What it has not read goes, and it learns why its feed ended.
+                self.cut = True
+                self._items.clear()
+                self._bytes = 0
+                self._items.append((CUT, 0))
+                self._cond.notify()
+                return False
+            self._items.append((item, size))
+            self._bytes += size
+            self._cond.notify()
             return True
-        except queue.Full:
-            self.cut = True
-            while True:  # make room for the marker, so the reader learns why its feed ended
-                try:
-                    self._queue.put_nowait(CUT)
-                    return False
-                except queue.Full:
-                    try:
-                        self._queue.get_nowait()
-                    except queue.Empty:
-                        pass
 
     def get(self, timeout: float) -> T | _Cut | None:
         """The next item, or None when timeout seconds pass first."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        with self._cond:
+            if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
+                return None
+            item, size = self._items.popleft()
+            self._bytes -= size
+            return item
 
 
 class Watcher(Protocol):
     """Takes a namespace's events: a Listener (a queue) or a Relay (a callback)."""
 
-    def offer(self, item: NamespaceEvent) -> bool:
-        """Take item; False to be removed."""
+    def offer(self, item: NamespaceEvent, size: int = 0) -> bool:
+        """Take item (size: its weight); False to be removed."""
 
 
 class Relay:
@@ -101,7 +119,7 @@ class Relay:
         self._callback = callback
         hub.add(self)
 
-    def offer(self, item: NamespaceEvent) -> bool:
+    def offer(self, item: NamespaceEvent, size: int = 0) -> bool:
         try:
             self._callback(item)
         except Exception:  # the cell that published it must not fail for a front end's bug
@@ -137,8 +155,9 @@ class Hub:
         if not watchers:
             return
         item = NamespaceEvent(execution, event)
+        size = weight(event)
         for watcher in watchers:
-            if not watcher.offer(item):
+            if not watcher.offer(item, size):
                 self.remove(watcher)
 
 
@@ -202,7 +221,7 @@ class NamespaceSubscription:
     def __init__(self, namespace_id: str, hub: Hub) -> None:
         self.id = namespace_id
         self._hub = hub
-        self._listener: Listener[NamespaceEvent] = Listener(WATCHER_QUEUE_EVENTS, stall=0)
+        self._listener: Listener[NamespaceEvent] = Listener(WATCHER_QUEUE_EVENTS)
         self.closed = False
         hub.add(self._listener)
 

@@ -14,7 +14,7 @@ from .. import __version__
 from ..encoding import loads
 from ..errors import BadRequest, KernelServerError, NotFound
 from ..namespace import NamespaceInfo
-from ..params import current_service
+from ..params import current_service, read_body
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
@@ -40,7 +40,7 @@ def _model(info: NamespaceInfo) -> dict[str, Any]:
 
 def _body() -> dict[str, Any]:
     # JupyterLab posts JSON as text/plain, jupyter_server as application/json: read it either way.
-    raw = request.get_data(cache=True)
+    raw = read_body()
     if not raw.strip():
         return {}
     try:

@@ -1,0 +1,113 @@
+"""The fault cases a hostile probe found: each against a real server, each failing on the old code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from conftest import LiveServer, start_server, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("faults"), env={"KERNELSERVER_MAX_BODY_BYTES": "1000"})
+    yield live
+    live.stop()
+
+
+def post(server: LiveServer, path: str, body: dict[str, Any], **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("timeout", 60)
+    return requests.post(server.url + path, json=body, headers=server.headers, **kwargs)
+
+
+def chunked(server: LiveServer, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+    """POST /execute with Transfer-Encoding: chunked (what curl -T - or a streaming client sends)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 300]), body[i:i + 300])
+                      for i in range(0, len(body), 300)) + b"0\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /execute HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.token}\r\n"
+                     f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
+                     "Connection: close\r\n\r\n".encode() + chunks)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json"])
+def test_a_chunked_body_over_the_limit_is_413_and_runs_nothing(server: LiveServer,
+                                                              content_type: str) -> None:
+    post(server, "/env/create", {"id": "chunks"})
+    code = "ran = 'the cut code'\n" + "#" * 1500 + "\nprint('whole')"
+    body = (b"id=chunks&code=" + code.encode() if content_type.endswith("urlencoded")
+            else json.dumps({"id": "chunks", "code": code}).encode())
+    status, answer = chunked(server, body, content_type)
+    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+    assert post(server, "/execute", {"id": "chunks", "code": "'ran' in globals()"}).json()["result"] == {
+        "text/plain": "False"}
+    # Under the limit, chunked works.
+    status, answer = chunked(server, b"id=chunks&code=print('small')", "application/x-www-form-urlencoded")
+    assert status == 200 and answer["stdout"] == "small\n"
+
+
+def test_execution_count_never_repeats_after_a_kill(tmp_path: Path) -> None:
+    live = start_server(tmp_path)
+    try:
+        worker = int((live.data_dir / "server.lock").read_text())
+        answered = post(live, "/execute", {"code": "1"}).json()["execution_count"]
+        os.kill(worker, signal.SIGKILL)  # at once after the answer: no time to flush anything
+        # gunicorn starts a new worker, which opens the same history.
+        assert wait_until(lambda: int((live.data_dir / "server.lock").read_text() or 0) != worker
+                          and _healthy(live), 30)
+        again = post(live, "/execute", {"code": "2"}).json()["execution_count"]
+    finally:
+        live.stop()
+    assert again > answered
+
+
+def _healthy(server: LiveServer) -> bool:
+    try:
+        return requests.get(server.url + "/health", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_a_stalled_stream_reader_does_not_slow_the_cell(server: LiveServer) -> None:
+    post(server, "/env/create", {"id": "stall"})
+    code = ("import time\nstarted = time.time()\nfor _ in range(400_000):\n    print('x' * 99)\n"
+            "time.time() - started")
+    body = json.dumps({"id": "stall", "code": code, "stream": True, "timeout": 20}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no autotuned megabytes to hide in
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    try:
+        sock.sendall(f"POST /execute HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.token}"
+                     f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        seen = b""
+        while b"stdout" not in seen:  # the headers, then the first lines of output
+            seen += sock.recv(4096)
+        time.sleep(4)  # the client stops reading: it holds the stream but takes nothing
+    finally:
+        sock.close()
+    n = requests.get(server.url + "/env/history", params={"id": "stall"}, headers=server.headers,
+                     timeout=10).json()["executions"][-1]["execution_count"]
+    final = requests.get(server.url + "/env/execution", params={"id": "stall", "n": n, "wait": 40},
+                         headers=server.headers, timeout=60).json()
+    assert final["status"] == "ok", final["status"]
+    assert float(final["result"]["text/plain"]) < 3  # 40 MB in well under the 4 s it was not read
