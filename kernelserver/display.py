@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import ctypes
 import io
 import json
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -192,9 +194,68 @@ def flush_figures(limit: int = 1024 * 1024) -> None:
         pyplot.close("all")
 
 
-def describe_variable(name: str, value: Any, limit: int = 200) -> dict[str, Any]:
-    """A short, safe description of one namespace variable for /env/get."""
-    info: dict[str, Any] = {"name": name, "type": type(value).__name__, "repr": safe_repr(value, limit)}
+REPR_SECONDS = 0.5  # the most one variable's repr may take for /env/get
+
+
+class ReprTimeout(Exception):
+    """Raised in a thread whose repr() of a variable ran past its time."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exc) if exc else None)
+
+
+class _Deadline:
+    """Raise ReprTimeout in this thread if the block runs past seconds (Python code only: a C
+    call that never returns cannot be stopped from inside its process)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._done = False
+        self._fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._done:
+                self._fired = True
+                _raise_in(self._thread, ReprTimeout)
+
+    def __enter__(self) -> None:
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        if self._fired:
+            _raise_in(self._thread, None)  # one that fired as the block ended must not land later
+
+
+def short_repr(value: Any, limit: int, seconds: float = REPR_SECONDS) -> str:
+    """A repr of at most about limit characters, made in at most about seconds: a huge string is
+    cut before it is repr'd (not copied whole), and a repr that loops is stopped."""
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        return truncate_text(repr(value[:limit]), limit) + f" ({len(value)} in all)"
+    try:
+        with _Deadline(seconds):
+            text = repr(value)
+    except ReprTimeout:
+        return f"<{type(value).__name__} object: repr took over {seconds:g} s>"
+    except BaseException as exc:  # noqa: BLE001 - a user's __repr__ may raise anything
+        return f"<{type(value).__name__} object: repr failed: {type(exc).__name__}: {exc}>"
+    return truncate_text(text, limit)
+
+
+def describe_variable(name: str, value: Any, limit: int = 200,
+                      seconds: float = REPR_SECONDS) -> dict[str, Any]:
+    """A short, safe description of one namespace variable for /env/get (bounded in size and time)."""
+    shown = (short_repr(value, limit, min(seconds, REPR_SECONDS)) if seconds > 0
+             else "<repr skipped: the time for this listing's reprs is spent>")
+    info: dict[str, Any] = {"name": name, "type": type(value).__name__, "repr": shown}
     for attr in ("shape", "dtype"):
         try:
             found = getattr(value, attr, None)

@@ -8,6 +8,7 @@ import builtins
 import inspect
 import linecache
 import os
+import time
 import traceback
 import types
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .results import ErrorInfo, Outcome
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+VARIABLES_SECONDS = 3.0  # all the reprs of one /env/get: well inside the query channel's timeout
 
 
 class StdinNotImplementedError(RuntimeError):
@@ -233,13 +235,15 @@ class Executor:
                                     "traceback": error.traceback.splitlines()}
         return found
 
-    def variables(self, repr_limit: int = 200) -> list[dict[str, Any]]:
-        """Name, type and a short safe repr of each user variable."""
-        return [
-            describe_variable(name, value, repr_limit)
-            for name, value in list(self.namespace.items())
-            if is_user_variable(name, value)
-        ]
+    def variables(self, repr_limit: int = 200, seconds: float = VARIABLES_SECONDS) -> list[dict[str, Any]]:
+        """Name, type and a short safe repr of each user variable, made in about seconds at most."""
+        deadline = time.monotonic() + seconds
+        found = []
+        for name, value in list(self.namespace.items()):
+            if is_user_variable(name, value):
+                found.append(describe_variable(name, value, repr_limit,
+                                               max(0.0, deadline - time.monotonic())))
+        return found
 
     def close(self) -> None:
         """Close the event loop and drop the namespace's references."""

@@ -111,3 +111,25 @@ def test_a_stalled_stream_reader_does_not_slow_the_cell(server: LiveServer) -> N
                          headers=server.headers, timeout=60).json()
     assert final["status"] == "ok", final["status"]
     assert float(final["result"]["text/plain"]) < 3  # 40 MB in well under the 4 s it was not read
+
+
+def test_env_get_is_short_and_safe_with_huge_and_endless_reprs(server: LiveServer) -> None:
+    post(server, "/env/create", {"id": "reprs"})
+    code = ("class Endless:\n    def __repr__(self):\n        while True:\n            pass\n"
+            "forever = Endless()\nhuge = 'x' * (200 * 1024 * 1024)\nfine = [1, 2, 3]")
+    assert post(server, "/execute", {"id": "reprs", "code": code}).json()["status"] == "ok"
+    rss_before = post(server, "/env/get", {"id": "reprs"}).json()["memory_rss"]
+    started = time.monotonic()
+    info = post(server, "/env/get", {"id": "reprs"}).json()
+    assert time.monotonic() - started < 3  # not the query channel's 10 s timeout
+    shown = {v["name"]: v["repr"] for v in info["variables"]}
+    assert "repr took over" in shown["forever"]
+    assert len(shown["huge"]) < 400 and "209715200 in all" in shown["huge"]
+    assert shown["fine"] == "[1, 2, 3]"
+    assert info["memory_rss"] < rss_before + 50 * 1024 * 1024  # the 200 MB string was not copied
+    # And again at once: nothing is left spinning in the worker.
+    started = time.monotonic()
+    assert post(server, "/env/get", {"id": "reprs"}).status_code == 200
+    assert time.monotonic() - started < 3
+    assert post(server, "/execute", {"id": "reprs", "code": "len(fine)"}).json()["result"] == {
+        "text/plain": "3"}

@@ -82,6 +82,7 @@ class Worker:
         self.query = query
         self.query.settimeout(10.0)
         self.query_lock = threading.Lock()
+        self._query_seq = 0
         self.ctl_lock = threading.Lock()
         self.stdout = OutputPipe(out_r, self.prefix)
         self.stderr = OutputPipe(err_r, self.prefix)
@@ -148,8 +149,13 @@ class Worker:
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         """A request/reply on the query channel (answered even while a cell runs)."""
         with self.query_lock:
-            protocol.send(self.query, message)
-            return protocol.recv(self.query)
+            self._query_seq += 1
+            protocol.send(self.query, {**message, "seq": self._query_seq})
+            while True:
+                reply = protocol.recv(self.query)
+                # A reply that comes after its asker timed out belongs to nobody: skip it.
+                if reply.get("seq") == self._query_seq:
+                    return reply
 
     def tell(self, message: dict[str, Any]) -> None:
         """Send on the control channel (from any thread: a cell, a shutdown, an input reply)."""

@@ -181,6 +181,7 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply["seq"] = message.get("seq")
         try:
             protocol.send(query, reply)
         except OSError:
