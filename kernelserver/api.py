@@ -6,7 +6,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Response
 
-from .errors import BadRequest
+from .errors import BadRequest, ServerUnavailable
 from .params import (
     current_service,
     field_bool,
@@ -24,6 +24,8 @@ bp = Blueprint("v1", __name__)
 
 @bp.get("/health")
 def health() -> Response:
+    if not current_service().healthy():
+        raise ServerUnavailable("the server cannot start a worker now; see its log")
     return json_response({"status": "ok"})
 
 

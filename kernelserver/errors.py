@@ -137,6 +137,13 @@ class NamespaceUnavailable(KernelServerError):
     code = "namespace_unavailable"
 
 
+class ServerUnavailable(KernelServerError):
+    """The server answers but cannot run cells now (its backend cannot start a worker)."""
+
+    status = 503
+    code = "unavailable"
+
+
 class TooManyWebSockets(KernelServerError):
     """max_websockets WebSockets are open already."""
 

@@ -82,12 +82,16 @@ class Namespace:
 
     @property
     def state(self) -> NamespaceState:
-        """dead once closed; starting until the kernel is up; busy while cells wait or run."""
+        """dead once closed, or while its process is dead (the next cell restarts it); starting
+        until the kernel is up; busy while cells wait or run."""
         if self._closed:
             return "dead"
-        if self.kernel is None:
+        kernel = self.kernel
+        if kernel is None:
             return "starting"
-        return "busy" if self._pending else "idle"
+        if self._pending:
+            return "busy"
+        return "idle" if kernel.is_alive() else "dead"
 
     @property
     def execution_count(self) -> int:

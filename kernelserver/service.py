@@ -240,6 +240,10 @@ class Service:
 
     # -- the server --
 
+    def healthy(self) -> bool:
+        """True when cells can run: the backend can start a worker now."""
+        return self.backend.healthy()
+
     def limits(self) -> dict[str, Any]:
         """The limits a client cares about."""
         keys = ("max_body_bytes", "max_namespaces", "max_queued", "output_cap_bytes",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LiveServer, start_server, wait_until
+from conftest import LiveServer, pid_alive, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +133,47 @@ def test_env_get_is_short_and_safe_with_huge_and_endless_reprs(server: LiveServe
     assert time.monotonic() - started < 3
     assert post(server, "/execute", {"id": "reprs", "code": "len(fine)"}).json()["result"] == {
         "text/plain": "3"}
+
+
+def run(server: LiveServer, namespace: str, code: str) -> dict[str, Any]:
+    answer: dict[str, Any] = post(server, "/execute", {"id": namespace, "code": code}).json()
+    return answer
+
+
+def test_a_cell_that_kills_the_fork_server_breaks_nothing_for_good(tmp_path: Path) -> None:
+    live = start_server(tmp_path)
+    try:
+        for namespace in ("killer", "bystander"):
+            post(live, "/env/create", {"id": namespace})
+            run(live, namespace, "kept = 1")
+        forkserver = int(run(live, "killer", "import os\nos.getppid()")["result"]["text/plain"])
+        answer = run(live, "killer", "import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                                     "time.sleep(5)")
+        # The cell's own worker dies with its fork server (its parent-death signal).
+        assert answer["error"]["ename"] == "WorkerDied" and answer["restarted"] is True
+        assert "killed when its fork server died" in answer["error"]["evalue"]
+        assert wait_until(lambda: not pid_alive(forkserver), 10)  # reaped, not a zombie
+        assert requests.get(live.url + "/health", timeout=10).status_code == 200
+        # The bystander's worker died with the fork server: it says so, until its next cell.
+        assert post(live, "/env/get", {"id": "bystander"}).json()["state"] == "dead"
+        after = run(live, "bystander", "kept")
+        assert after["error"]["ename"] == "NameError" and after["restarted"] is True
+        assert "killed when its fork server died after the last cell" in after["stderr"]
+        assert run(live, "bystander", "'fine'")["result"] == {"text/plain": "'fine'"}
+        assert post(live, "/env/create", {"id": "new"}).status_code == 201
+        assert run(live, "new", "1 + 1")["result"] == {"text/plain": "2"}
+    finally:
+        live.stop()
+
+
+def test_a_worker_that_dies_between_cells_is_reported(server: LiveServer) -> None:
+    post(server, "/env/create", {"id": "between"})
+    run(server, "between", "kept = 1\nimport os, threading, time\ndef bye():\n    time.sleep(0.3)\n"
+                           "    print('last words', flush=True)\n    os._exit(3)\n"
+                           "threading.Thread(target=bye).start()")
+    assert wait_until(lambda: post(server, "/env/get", {"id": "between"}).json()["state"] == "dead", 10)
+    answer = run(server, "between", "print('after')\n'kept' in globals()")
+    assert answer["stdout"] == "last words\nafter\n"
+    assert "exited with code 3 after the last cell" in answer["stderr"]
+    assert answer["restarted"] is True and answer["result"] == {"text/plain": "False"}
+    assert post(server, "/env/get", {"id": "between"}).json()["state"] == "idle"

@@ -33,6 +33,9 @@ class FakeKernel:
     def interrupt(self) -> bool:
         return False
 
+    def is_alive(self) -> bool:
+        return not self.closed
+
     def variables(self) -> list[dict[str, Any]]:
         return []
 
@@ -62,6 +65,9 @@ class SlowBackend:
         self.fail_with: Exception | None = None
         self.starts: list[tuple[str, NamespaceOptions]] = []
         self.kernels: list[FakeKernel] = []
+
+    def healthy(self) -> bool:
+        return True
 
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> FakeKernel:
         self.starts.append((namespace_id, options))

@@ -83,6 +83,9 @@ class Kernel(Protocol):
     def interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the running cell; False when nothing is running."""
 
+    def is_alive(self) -> bool:
+        """False once the namespace's process died (the next cell starts a new one)."""
+
     def variables(self) -> list[dict[str, Any]]:
         """Name, type and short repr of each user variable."""
 
@@ -109,6 +112,9 @@ class Backend(Protocol):
 
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> Kernel:
         """A started kernel for a new namespace (blocks until it can run a cell)."""
+
+    def healthy(self) -> bool:
+        """True when a cell can run now (what /health reports)."""
 
     def close(self) -> None:
         """Release what the backend shares between its kernels."""

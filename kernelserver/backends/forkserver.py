@@ -139,6 +139,8 @@ class ForkServer:
         self._exits: dict[int, int] = {}
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._closing = False
+        self.lost = False  # it died without being closed: its workers are gone too
 
     def start(self, timeout: float = 30.0) -> None:
         """Launch the fork server process and wait until it has imported the worker code."""
@@ -179,6 +181,11 @@ class ForkServer:
         """The fork server's own pid."""
         return self._proc.pid if self._proc else None
 
+    @property
+    def alive(self) -> bool:
+        """True while it can fork workers."""
+        return self._sock is not None and not self._closed
+
     def _read_loop(self) -> None:
         assert self._sock is not None
         while True:
@@ -188,15 +195,24 @@ class ForkServer:
                 data = b""
             with self._cond:
                 if not data:
+                    # Gone: closed by us, or died (killed by a cell: every worker it forked died
+                    # with it, by their parent-death signal). Reap it either way: no zombie.
+                    self.lost = not self._closing
                     self._closed = True
                     self._cond.notify_all()
-                    return
+                    break
                 message = json.loads(data)
                 if message["op"] == "exit":
                     self._exits[message["pid"]] = message["status"]
                 else:
                     self._replies.append(message)
                 self._cond.notify_all()
+        if self._proc is not None:
+            try:
+                self._proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5.0)
 
     def spawn(self, fds: list[int], prefix: bytes, options: dict[str, Any],
               timeout: float = 10.0) -> int:
@@ -234,6 +250,7 @@ class ForkServer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the fork server (its workers exit on their own when their sockets close)."""
+        self._closing = True
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)

@@ -168,6 +168,10 @@ class InProcessKernel:
                 return False
             return _raise_in_thread(self._running_thread, KeyboardInterrupt)
 
+    def is_alive(self) -> bool:
+        """Always: it lives as long as the server."""
+        return True
+
     def variables(self) -> list[dict[str, Any]]:
         """The namespace's user variables."""
         return self._executor.variables()
@@ -203,6 +207,10 @@ class InProcessBackend:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+
+    def healthy(self) -> bool:
+        """Always: cells run in this process."""
+        return True
 
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> InProcessKernel:
         """A fresh namespace dict (nothing to wait for)."""

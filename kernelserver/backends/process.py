@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -101,8 +102,14 @@ class Worker:
         return self.forkserver.exit_status(self.pid)
 
     def is_alive(self) -> bool:
-        """True until the fork server has reaped the process."""
-        return self.status is None
+        """True until the fork server has reaped the process (or died, taking it along)."""
+        return self.status is None and not self.forkserver.lost
+
+    def how_it_ended(self) -> str:
+        """'exited with code 3', 'was killed by SIGSEGV', or how its fork server took it along."""
+        if self.status is None and self.forkserver.lost:
+            return "was killed when its fork server died"
+        return describe_status(self.status)
 
     def signal(self, signum: int) -> None:
         """Send a signal to the worker's process group (its subprocesses too)."""
@@ -192,9 +199,10 @@ class ProcessKernel:
 
     runs_inline = True  # the code runs in the worker; interrupts are signals to it
 
-    def __init__(self, forkserver: ForkServer, options: dict[str, Any], interrupt_grace: float,
-                 autostart: bool = True) -> None:
-        self.forkserver = forkserver
+    def __init__(self, forkserver: ForkServer | Callable[[], ForkServer], options: dict[str, Any],
+                 interrupt_grace: float, autostart: bool = True) -> None:
+        # A fork server, or where to get a live one (the backend replaces one that died).
+        self._forkserver = forkserver if callable(forkserver) else (lambda: forkserver)
         self.options = options
         self.interrupt_grace = interrupt_grace
         self._lifecycle = threading.Lock()
@@ -214,7 +222,7 @@ class ProcessKernel:
 
     def _spawn(self) -> Worker:
         try:
-            return Worker(self.forkserver, self.options)
+            return Worker(self._forkserver(), self.options)
         except ForkServerError as exc:
             raise NamespaceUnavailable(f"could not start a worker: {exc}") from None
 
@@ -325,7 +333,7 @@ class ProcessKernel:
             self._busy = True
         restarted_before = dead is not None
         if dead is not None:
-            dead.close()
+            self._report_death_between_cells(dead, sink)
         try:
             outcome = self._run(worker, cell, execution_count, sink)
         finally:
@@ -335,6 +343,20 @@ class ProcessKernel:
         if restarted_before and not outcome.restarted:
             outcome = replace(outcome, restarted=True)
         return outcome
+
+    def _report_death_between_cells(self, dead: Worker, sink: OutputSink) -> None:
+        """The worker died after the last cell (a thread of it, a signal, its fork server): what
+        it printed on its way out, then why, go to this cell's output; it runs on a new worker."""
+        io = CellIO(dead, sink)
+        for stream in (dead.stdout, dead.stderr):
+            early = stream.reset()
+            if early:
+                io.emit(stream, stream.feed(early))
+        io.drain_to_eof(DRAIN_AFTER_DEATH)
+        io.flush_displays()
+        sink.write_stderr(f"[kernelserver: the worker process {dead.how_it_ended()} after the "
+                          "last cell; the namespace was restarted empty for this one]\n")
+        dead.close()
 
     def _replace_dead(self, worker: Worker) -> None:
         with self._lifecycle:
@@ -417,7 +439,7 @@ class ProcessKernel:
                                   "ran", restarted=True)
         if why is ExitReason.DELETED:
             return Outcome.failed("NamespaceDeleted", "the namespace was deleted while the cell ran")
-        return Outcome.failed("WorkerDied", f"the worker process {describe_status(status)} while "
+        return Outcome.failed("WorkerDied", f"the worker process {worker.how_it_ended()} while "
                               "running the cell; the namespace was restarted empty", restarted=True)
 
 
@@ -429,13 +451,33 @@ class ProcessBackend:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.options = {"repr_limit": config["repr_limit_bytes"]}
+        self._lock = threading.Lock()
         self.forkserver = ForkServer()
         self.forkserver.start()
 
+    def live_forkserver(self) -> ForkServer:
+        """The fork server, started anew if the last one died (a cell can kill it: every
+        namespace's worker dies with it, and new ones must still start)."""
+        with self._lock:
+            if not self.forkserver.alive:
+                self.forkserver.close()  # reaped already by its reader; releases the socket
+                fresh = ForkServer()
+                fresh.start()
+                self.forkserver = fresh
+            return self.forkserver
+
+    def healthy(self) -> bool:
+        """True when a worker can be started now (the fork server runs, or starts again)."""
+        try:
+            return self.live_forkserver().alive
+        except ForkServerError:
+            return False
+
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> ProcessKernel:
         """A kernel with its worker forked and ready."""
-        return ProcessKernel(self.forkserver, self.options, self.config["interrupt_grace"])
+        return ProcessKernel(self.live_forkserver, self.options, self.config["interrupt_grace"])
 
     def close(self) -> None:
         """Stop the fork server."""
-        self.forkserver.close()
+        with self._lock:
+            self.forkserver.close()
