@@ -97,8 +97,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service = Service(settings, __version__)
     app.extensions["kernelserver"] = service
     auth.install(app, service.token, settings)
+    # On SIGTERM serving.py runs these in order: cells are interrupted and their answers go out,
+    # then WebSockets close (1001, going away), then what is still running is killed.
+    app.extensions["kernelserver.on_stop"] = [lambda: service.stop(settings["interrupt_grace"])]
     app.register_blueprint(v1)
     jupyter.register(app, service)
+    app.extensions["kernelserver.on_stop"].append(service.stop_namespaces)
     app.register_error_handler(KernelServerError, render_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import Kernel
+from .backends.base import ExitReason, Kernel
 from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
@@ -325,6 +325,17 @@ class Namespace:
         self.last_activity = utcnow_iso()
         self.hub.publish(None, StateEvent("idle"))
 
+    def stop_cells(self) -> Execution | None:
+        """The server is stopping: queued cells will not run, the running one is interrupted;
+        the running one, if any, to wait for."""
+        self._cancel_queued(Outcome.failed(
+            "ServerStopped", f"the server stopped before the cell ran in namespace {self.id!r}"))
+        with self._lock:
+            running = self._current
+        if running is not None:
+            self.interrupt()
+        return running
+
     def _cancel_queued(self, outcome: Outcome) -> None:
         while True:
             try:
@@ -339,7 +350,7 @@ class Namespace:
                 self._cancelled.discard(execution.execution_count)
             self._finish_early(execution, outcome)
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, reason: ExitReason = ExitReason.DELETED) -> None:
         """Stop the runner and release the kernel; waits (bounded) for the running cell to end."""
         with self._lock:
             self._closed = True
@@ -349,7 +360,7 @@ class Namespace:
         self._cancel_queued(Outcome.failed(
             "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran"))
         if kernel is not None:
-            kernel.close()
+            kernel.close(reason)
         self._queue.put(None)
         self._runner.join(timeout)
         if self.history is not None:

@@ -6,7 +6,7 @@ import re
 import threading
 from typing import Any
 
-from .backends.base import Backend, NamespaceOptions
+from .backends.base import Backend, ExitReason, NamespaceOptions
 from .errors import InvalidNamespaceId, NamespaceNotFound, TooManyNamespaces
 from .history import History
 from .namespace import Namespace
@@ -106,9 +106,9 @@ class Registry:
             return [self._namespaces[k] for k in sorted(self._namespaces)]
 
     def close(self) -> None:
-        """Delete every namespace (server shutdown)."""
+        """Close every namespace (server shutdown)."""
         with self._lock:
             namespaces = list(self._namespaces.values())
             self._namespaces.clear()
         for namespace in namespaces:
-            namespace.close()
+            namespace.close(reason=ExitReason.STOPPED)

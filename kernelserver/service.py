@@ -284,6 +284,19 @@ class Service:
             "probe": self.probe(),
         }
 
+    def stop(self, grace: float) -> None:
+        """The server is stopping: no queued cell runs, running ones are interrupted and get up to
+        grace seconds to end, so every answer, stream and history row says how they ended."""
+        running = [e for e in (ns.stop_cells() for ns in self.registry.list()) if e is not None]
+        deadline = time.monotonic() + grace
+        for execution in running:
+            execution.wait(max(0.0, deadline - time.monotonic()))
+
+    def stop_namespaces(self) -> None:
+        """After stop(): kill what did not stop at its interrupt (stuck in C), now, well within
+        the grace period the process manager gives, so its row is written with its output."""
+        self.registry.close()
+
     def _release_lock(self) -> None:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)

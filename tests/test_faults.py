@@ -177,3 +177,27 @@ def test_a_worker_that_dies_between_cells_is_reported(server: LiveServer) -> Non
     assert "exited with code 3 after the last cell" in answer["stderr"]
     assert answer["restarted"] is True and answer["result"] == {"text/plain": "False"}
     assert post(server, "/env/get", {"id": "between"}).json()["state"] == "idle"
+
+
+@pytest.mark.parametrize("stuck_in_c", [False, True], ids=["python-loop", "stuck-in-c"])
+def test_sigterm_writes_the_running_cells_final_row(tmp_path: Path, stuck_in_c: bool) -> None:
+    data_dir = tmp_path / "data"
+    live = start_server(tmp_path, data_dir=data_dir)
+    code = ("print('before the stop', flush=True)\n" +
+            ("sum(range(10**12))" if stuck_in_c else "import time\ntime.sleep(60)"))
+    running = post(live, "/execute", {"code": code, "wait": 0.5}).json()
+    assert running["status"] == "running"
+    started = time.monotonic()
+    live.stop(signal.SIGTERM)
+    assert live.proc.returncode is not None and time.monotonic() - started < 10  # not 15 s + kill
+    again = start_server(tmp_path, data_dir=data_dir)
+    try:
+        final = requests.get(again.url + "/env/execution", params={"id": "default",
+                             "n": running["execution_count"]}, headers=again.headers, timeout=10).json()
+    finally:
+        again.stop()
+    assert final["stdout"] == "before the stop\n" and final["started_at"] is not None
+    if stuck_in_c:
+        assert final["error"]["ename"] == "ServerStopped"
+    else:
+        assert final["status"] == "interrupted"

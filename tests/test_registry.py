@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kernelserver.backends.base import NamespaceOptions, OutputSink, Resources
+from kernelserver.backends.base import ExitReason, NamespaceOptions, OutputSink, Resources
 from kernelserver.config import load_config
 from kernelserver.errors import NamespaceUnavailable, TooManyNamespaces
 from kernelserver.registry import Registry
@@ -51,7 +51,7 @@ class FakeKernel:
     def details(self) -> dict[str, Any]:
         return {"fake": True}
 
-    def close(self) -> None:
+    def close(self, reason: ExitReason = ExitReason.DELETED) -> None:
         self.closed = True
 
 

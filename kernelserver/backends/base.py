@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..results import Cell, ErrorInfo, Outcome
+
+
+class ExitReason(enum.Enum):
+    """Why the server itself stops a kernel's process (as jupyter_client's _ShutdownStatus)."""
+
+    DELETED = "deleted"
+    RESTARTED = "restarted"
+    STOPPED = "stopped"  # the server is shutting down
 
 
 class OutputSink(Protocol):
@@ -101,8 +110,8 @@ class Kernel(Protocol):
     def details(self) -> dict[str, Any]:
         """Backend-specific facts for /env/get (pid, memory)."""
 
-    def close(self) -> None:
-        """Stop the namespace and release everything it holds."""
+    def close(self, reason: ExitReason = ExitReason.DELETED) -> None:
+        """Stop the namespace and release everything it holds; reason says why to a running cell."""
 
 
 class Backend(Protocol):

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from .. import introspect
 from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
-from .base import NamespaceOptions, OutputSink, timed_out
+from .base import ExitReason, NamespaceOptions, OutputSink, timed_out
 
 _Writer = Callable[[str], None]
 _route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
@@ -194,7 +194,7 @@ class InProcessKernel:
         """No process of its own: nothing to add."""
         return {}
 
-    def close(self) -> None:
+    def close(self, reason: ExitReason = ExitReason.DELETED) -> None:
         """Interrupt anything running and clear the namespace."""
         self.interrupt()
         self._executor.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import os
 import secrets
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 from ..errors import NamespaceUnavailable
 from ..results import Cell, Outcome
 from . import protocol
-from .base import NamespaceOptions, OutputSink, timed_out, timeout_error
+from .base import ExitReason, NamespaceOptions, OutputSink, timed_out, timeout_error
 from .forkserver import ForkServer, ForkServerError
 from .pipes import CellIO, OutputPipe
 
@@ -40,13 +39,6 @@ def describe_status(status: int | None) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with code {code}"
-
-
-class ExitReason(enum.Enum):
-    """Why the server itself stopped a worker (as jupyter_client's _ShutdownStatus)."""
-
-    DELETED = "deleted"
-    RESTARTED = "restarted"
 
 
 class Worker:
@@ -95,6 +87,7 @@ class Worker:
         self.selector.register(self.ctl, selectors.EVENT_READ, None)
         self.expected_exit: ExitReason | None = None  # why we are stopping it, when we are
         self._closed = False
+        self._close_lock = threading.Lock()
 
     @property
     def status(self) -> int | None:
@@ -170,10 +163,11 @@ class Worker:
             self.ctl.sendall(protocol.encode(message))
 
     def close(self) -> None:
-        """Release the parent's ends of the sockets and pipes."""
-        if self._closed:
-            return
-        self._closed = True
+        """Release the parent's ends of the sockets and pipes (once, whoever calls)."""
+        with self._close_lock:  # closing a fd twice could close a file that reused its number
+            if self._closed:
+                return
+            self._closed = True
         self.selector.close()
         self.ctl.close()
         self.query.close()
@@ -244,15 +238,17 @@ class ProcessKernel:
         worker.signal(signal.SIGINT)
         return True
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: ExitReason = ExitReason.DELETED) -> None:
         """Stop the worker for good (escalating, bounded)."""
         with self._lifecycle:
             self._closing = True
             worker, self._worker = self._worker, None
         if worker is not None:
-            worker.expected_exit = ExitReason.DELETED
+            worker.expected_exit = reason
             worker.shutdown()
-            worker.close()
+            with self._lifecycle:
+                if not self._busy:
+                    worker.close()  # else the runner still reads it, and closes it when done
 
     def restart(self) -> None:
         """Replace the worker with a fresh one; the old one is gone before the new one starts."""
@@ -265,9 +261,9 @@ class ProcessKernel:
                     old.close()  # else the runner still reads it, and closes it when done
             self._worker = self._spawn()
 
-    def close(self) -> None:
+    def close(self, reason: ExitReason = ExitReason.DELETED) -> None:
         """Same as shutdown()."""
-        self.shutdown()
+        self.shutdown(reason)
 
     def __enter__(self) -> ProcessKernel:
         self.start()
@@ -439,6 +435,9 @@ class ProcessKernel:
                                   "ran", restarted=True)
         if why is ExitReason.DELETED:
             return Outcome.failed("NamespaceDeleted", "the namespace was deleted while the cell ran")
+        if why is ExitReason.STOPPED:
+            return Outcome.failed("ServerStopped", "the server stopped while the cell ran, and the "
+                                  "cell did not stop at its interrupt: its worker was killed")
         return Outcome.failed("WorkerDied", f"the worker process {worker.how_it_ended()} while "
                               "running the cell; the namespace was restarted empty", restarted=True)
 
