@@ -201,3 +201,42 @@ def test_sigterm_writes_the_running_cells_final_row(tmp_path: Path, stuck_in_c: 
         assert final["error"]["ename"] == "ServerStopped"
     else:
         assert final["status"] == "interrupted"
+
+
+DETACHED = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:          # a double fork into a session of its own: out of the worker's group
+    os.setsid()
+    if os.fork() == 0:
+        os.write(w, str(os.getpid()).encode())
+        os.execvp('sleep', ['sleep', '5557'])
+    os._exit(0)
+os.wait()
+int(os.read(r, 32))
+"""
+
+
+def _detached_sleeper(server: LiveServer, namespace: str) -> int:
+    post(server, "/env/create", {"id": namespace})
+    pid = int(run(server, namespace, DETACHED)["result"]["text/plain"])
+    assert pid_alive(pid)
+    return pid
+
+
+@pytest.mark.parametrize("how", ["delete", "restart"])
+def test_a_detached_process_dies_with_its_namespace(server: LiveServer, how: str) -> None:
+    pid = _detached_sleeper(server, f"tree-{how}")
+    post(server, f"/env/{how}", {"id": f"tree-{how}"})
+    assert not pid_alive(pid)  # gone when the request returns
+
+
+def test_a_detached_process_dies_with_a_killed_server(tmp_path: Path) -> None:
+    live = start_server(tmp_path)
+    try:
+        pid = _detached_sleeper(live, "orphan")
+        app = int((live.data_dir / "server.lock").read_text())
+        os.kill(app, signal.SIGKILL)  # the process that holds the namespaces, without warning
+        assert wait_until(lambda: not pid_alive(pid), 10)
+    finally:
+        live.stop()

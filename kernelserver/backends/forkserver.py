@@ -13,7 +13,6 @@ Messages on its SOCK_SEQPACKET socket are JSON, one per packet:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
@@ -24,16 +23,9 @@ import sys
 import threading
 from typing import Any
 
+from . import proctree
+
 MAX_PACKET = 1 << 16
-PR_SET_PDEATHSIG = 1
-
-
-def _set_parent_death_signal() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
 
 
 def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
@@ -45,7 +37,9 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.setpgid(0, 0)  # its own group, so a kill reaches the subprocesses it starts too
-        _set_parent_death_signal()
+        proctree.die_with_parent(signal.SIGKILL)
+        # What a cell starts and detaches (setsid, a double fork) stays below the worker.
+        proctree.become_subreaper()
         sock.close()
         os.close(wakeup_r)
         os.close(wakeup_w)
@@ -69,6 +63,22 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         os._exit(code)
 
 
+def _kill_orphans(workers: set[int]) -> None:
+    """Kill what a worker left behind when it died, re-parented here (we are a subreaper)."""
+    for child in proctree.children(os.getpid()):
+        if child not in workers:
+            proctree.kill_descendants(child)
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _take_everything_along(signum: int, frame: object) -> None:
+    proctree.kill_descendants(os.getpid())
+    os._exit(0)
+
+
 def serve(fd: int) -> None:
     """The fork server's loop: fork on request, report exits, stop when the server goes away."""
     sock = socket.socket(fileno=fd)
@@ -77,7 +87,13 @@ def serve(fd: int) -> None:
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *args: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_parent_death_signal()
+    # If the server dies (even by SIGKILL) take every namespace's processes along: the workers
+    # would die by their own parent-death signal, but not what their cells started.
+    signal.signal(signal.SIGTERM, _take_everything_along)
+    proctree.die_with_parent(signal.SIGTERM)
+    # What a dead worker leaves behind is re-parented here, where it is found and killed.
+    proctree.become_subreaper()
+    workers: set[int] = set()
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")
     selector.register(wakeup_r, selectors.EVENT_READ, "wakeup")
@@ -89,6 +105,7 @@ def serve(fd: int) -> None:
         for key, _ in selector.select():
             if key.data == "wakeup":
                 os.read(wakeup_r, 4096)
+                exits = []
                 while True:
                     try:
                         pid, status = os.waitpid(-1, os.WNOHANG)
@@ -96,14 +113,22 @@ def serve(fd: int) -> None:
                         break
                     if pid == 0:
                         break
-                    send({"op": "exit", "pid": pid, "status": status})
+                    if pid in workers:
+                        workers.discard(pid)
+                        exits.append({"op": "exit", "pid": pid, "status": status})
+                if exits:
+                    # Before the exit is reported: a delete returns with nothing of it left.
+                    _kill_orphans(workers)
+                for message in exits:
+                    send(message)
                 continue
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 8)
             except OSError:
                 data, fds = b"", []
-            if not data:
-                return  # the server is gone; our children notice on their own sockets
+            if not data:  # the server closed us: nothing of any namespace stays
+                proctree.kill_descendants(os.getpid())
+                return
             try:
                 message = json.loads(data)
                 if len(fds) != 4:
@@ -118,6 +143,7 @@ def serve(fd: int) -> None:
                 _child(sock, wakeup_r, wakeup_w, fds, message)
             for extra in fds:
                 os.close(extra)
+            workers.add(pid)
             send({"op": "spawned", "pid": pid})
 
 

@@ -1,0 +1,88 @@
+"""A namespace's process tree: make its processes subreapers, find every descendant, kill them all.
+
+A cell's subprocess may leave its process group (start_new_session, setsid, a double fork): a
+group kill misses it, and it used to outlive delete, restart and the server. The worker and the
+fork server are child subreapers (PR_SET_CHILD_SUBREAPER), so an orphan of the cell is
+re-parented to the worker (or, once the worker is gone, to the fork server) instead of to init,
+and stays findable from the /proc tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def become_subreaper() -> None:
+    """Orphans among this process's descendants are re-parented to it, not to init."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Get signum when the parent process dies."""
+    _prctl(PR_SET_PDEATHSIG, signum)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of pid (all its threads'), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found.extend(int(child) for child in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below root, parents before their children."""
+    found: list[int] = []
+    todo = children(root)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children(pid))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True  # gone already
+
+
+def kill_descendants(root: int, rounds: int = 10) -> int:
+    """SIGKILL everything below root, again while anything is left (a fork in between); the
+    number of processes signalled. Bounded: a fork bomb outrunning it is for the caller's next try."""
+    killed = 0
+    for _ in range(rounds):
+        found = [pid for pid in descendants(root) if not _zombie(pid)]
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005)  # let the kernel re-parent what they forked meanwhile
+    return killed
