@@ -240,3 +240,34 @@ def test_a_detached_process_dies_with_a_killed_server(tmp_path: Path) -> None:
         assert wait_until(lambda: not pid_alive(pid), 10)
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize(("code", "how", "printed"), [
+    ("print('last words')\nimport os\nos._exit(3)", "exited with code 3", "last words\n"),
+    ("import sys, os\nsys.stdout.write('no newline')\nos._exit(3)", "exited with code 3",
+     "no newline"),
+    ("print('last words')\nimport ctypes\nctypes.string_at(0)", "killed by SIGSEGV", "last words\n"),
+    ("import os, signal\nprint('x' * 200_000)\nprint('the marker')\n"
+     "os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL", "x" * 200_000 + "\nthe marker\n"),
+    # Past the first half of the ring (rings.ROTATE_AT): what is left spans both halves.
+    ("import os, signal, sys\nfor _ in range(30):\n    sys.stdout.write('y' * 99_999 + '\\n')\n"
+     "print('the marker')\nos.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL",
+     ("y" * 99_999 + "\n") * 30 + "the marker\n"),
+], ids=["os-exit", "no-newline", "segfault", "sigkill-after-200k", "sigkill-after-3mb"])
+def test_output_printed_just_before_a_worker_dies_is_kept(server: LiveServer, code: str, how: str,
+                                                          printed: str) -> None:
+    post(server, "/env/create", {"id": "dying"})
+    answer = run(server, "dying", code)
+    assert answer["error"]["ename"] == "WorkerDied" and how in answer["error"]["evalue"]
+    assert answer["stdout"] == printed
+
+
+def test_output_of_a_thread_that_kills_the_worker_between_cells_is_kept(server: LiveServer) -> None:
+    post(server, "/env/create", {"id": "quiet-death"})
+    run(server, "quiet-death", "import os, threading, time\ndef bye():\n    time.sleep(0.3)\n"
+                               "    print('unflushed last words')\n    os._exit(3)\n"
+                               "threading.Thread(target=bye).start()")
+    assert wait_until(lambda: post(server, "/env/get", {"id": "quiet-death"}).json()["state"] == "dead",
+                      10)
+    answer = run(server, "quiet-death", "print('after')")
+    assert answer["stdout"] == "unflushed last words\nafter\n"

@@ -6,7 +6,7 @@ their exit statuses, because the server is not their parent and cannot wait for 
 
 Messages on its SOCK_SEQPACKET socket are JSON, one per packet:
   server → fork server: {"op": "spawn", "prefix": hex, "options": {...}} + fds
-      [ctl, query, stdout_w, stderr_w]
+      [ctl, query, stdout_w, stderr_w] and, where the server made one, the rings' memfd
   fork server → server: {"op": "spawned", "pid": N} | {"op": "spawn_failed", "error": str}
                         | {"op": "exit", "pid": N, "status": raw wait status}
 """
@@ -43,7 +43,7 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         sock.close()
         os.close(wakeup_r)
         os.close(wakeup_w)
-        ctl_fd, query_fd, out_w, err_w = fds
+        ctl_fd, query_fd, out_w, err_w, *ring = fds  # the rings' memfd, where there is one
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.close(out_w)
@@ -54,7 +54,8 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         from .worker import main
 
         code = main(socket.socket(fileno=ctl_fd), socket.socket(fileno=query_fd),
-                    bytes.fromhex(message["prefix"]), message.get("options", {}))
+                    bytes.fromhex(message["prefix"]), message.get("options", {}),
+                    ring[0] if ring else None)
     except BaseException:  # noqa: BLE001 - report anything on the worker's stderr, then exit
         import traceback
 
@@ -131,8 +132,8 @@ def serve(fd: int) -> None:
                 return
             try:
                 message = json.loads(data)
-                if len(fds) != 4:
-                    raise ValueError(f"expected 4 fds, got {len(fds)}")
+                if len(fds) not in (4, 5):
+                    raise ValueError(f"expected 4 or 5 fds, got {len(fds)}")
                 pid = os.fork()
             except Exception as exc:
                 for extra in fds:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 READ_SIZE = 1 << 16
 
 
-Item = str | int  # text to forward, or the seq of a display that goes here
+# Text to forward, the seq of a display that goes here, or a ring position (gen, pos) whose text
+# goes here (rings.py).
+Item = str | int | tuple[int, int]
 
 
 class OutputPipe:
@@ -74,6 +76,10 @@ class OutputPipe:
                 return items
             if tag.startswith(b"D") and tag[1:].isdigit():
                 items.append(int(tag[1:]))
+            elif tag.startswith(b"R"):
+                gen, _, pos = tag[1:].partition(b":")
+                if gen.isdigit() and pos.isdigit():
+                    items.append((int(gen), int(pos)))
         # Hold back the longest tail that could be the start of a marker.
         for keep in range(min(len(self.prefix) - 1, len(data)), 0, -1):
             if self.prefix.startswith(data[-keep:]):
@@ -107,15 +113,29 @@ class CellIO:
         self.selector = worker.selector  # EOFs unregister there for good
 
     def emit(self, stream: OutputPipe, items: list[Item]) -> None:
-        """Forward text, and each display at its marker."""
+        """Forward text, the ring's text at its marker, and each display at its marker."""
         write = self.writers[stream.fd]
         for item in items:
             if isinstance(item, str):
                 write(item)
-                continue
-            bundle = self._display(item)
-            if bundle is not None:
-                self.sink.add_display(bundle)
+            elif isinstance(item, tuple):
+                rings = self.worker.rings
+                if rings:
+                    for text in rings[0 if stream is self.worker.stdout else 1].take(*item):
+                        write(text)
+            else:
+                bundle = self._display(item)
+                if bundle is not None:
+                    self.sink.add_display(bundle)
+
+    def flush_rest(self) -> None:
+        """The worker is gone: what it printed that no marker announced, then stray displays."""
+        for stream, reader in zip((self.worker.stdout, self.worker.stderr), self.worker.rings,
+                                  strict=False):
+            text = reader.rest()
+            if text:
+                self.writers[stream.fd](text)
+        self.flush_displays()
 
     def _display(self, seq: int) -> dict[str, Any] | None:
         # The worker sends a display's bundle before writing its marker: it is on its way.

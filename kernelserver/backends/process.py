@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
 from ..results import Cell, Outcome
-from . import protocol
+from . import protocol, rings
 from .base import ExitReason, NamespaceOptions, OutputSink, timed_out, timeout_error
 from .forkserver import ForkServer, ForkServerError
 from .pipes import CellIO, OutputPipe
@@ -58,6 +58,18 @@ class Worker:
             except OSError:
                 pass
         child_fds = [ctl_child.fileno(), query_child.fileno(), out_w, err_w]
+        # Printed text in shared memory, readable after the worker is gone (rings.py); without
+        # it (no memfd, no address space) the pipes carry it as before.
+        self.rings: list[rings.RingReader] = []
+        self._ring_fd: int | None = None
+        self._ring_header: Any = None
+        try:
+            self._ring_fd = rings.create()
+            self._ring_header = rings.map_header(self._ring_fd)
+            self.rings = [rings.RingReader(self._ring_fd, self._ring_header, i) for i in (0, 1)]
+            child_fds.append(self._ring_fd)
+        except (OSError, ValueError):
+            self._close_rings()
         try:
             self.pid = forkserver.spawn(child_fds, self.prefix, options)
         except ForkServerError:
@@ -65,6 +77,7 @@ class Worker:
                 sock.close()
             for fd in (out_r, err_r):
                 os.close(fd)
+            self._close_rings()
             raise
         finally:
             ctl_child.close()
@@ -173,7 +186,19 @@ class Worker:
         self.query.close()
         os.close(self.stdout.fd)
         os.close(self.stderr.fd)
+        self._close_rings()
         self.forkserver.forget(self.pid)
+
+    def _close_rings(self) -> None:
+        readers, self.rings = self.rings, []
+        while readers:
+            readers.pop().close()
+        if self._ring_header is not None:
+            self._ring_header.close()
+            self._ring_header = None
+        if self._ring_fd is not None:
+            os.close(self._ring_fd)  # the memory goes when the worker's mappings go too
+            self._ring_fd = None
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -349,7 +374,7 @@ class ProcessKernel:
             if early:
                 io.emit(stream, stream.feed(early))
         io.drain_to_eof(DRAIN_AFTER_DEATH)
-        io.flush_displays()
+        io.flush_rest()
         sink.write_stderr(f"[kernelserver: the worker process {dead.how_it_ended()} after the "
                           "last cell; the namespace was restarted empty for this one]\n")
         dead.close()
@@ -412,6 +437,8 @@ class ProcessKernel:
             if io.closed or (io.reply is None and not worker.is_alive()):
                 return self._died(worker, io, deadline_passed, timeout)
         io.flush_displays()
+        for reader in worker.rings:
+            reader.release()  # the pages of what the cell printed go back
         outcome = Outcome.from_dict(io.reply)
         return timed_out(outcome, timeout) if deadline_passed else outcome
 
@@ -423,7 +450,7 @@ class ProcessKernel:
             worker.kill()
             status = worker.status
         io.drain_to_eof(DRAIN_AFTER_DEATH)
-        io.flush_displays()
+        io.flush_rest()
         why = worker.expected_exit
         if why is None:
             self._replace_dead(worker)

@@ -29,7 +29,7 @@ from typing import Any
 from .. import introspect
 from ..executor import Executor
 from ..results import ErrorInfo, Outcome
-from . import protocol
+from . import protocol, rings
 
 _libc: Any = None
 try:
@@ -64,7 +64,7 @@ FLUSH_INTERVAL = 0.05  # seconds printed text may wait in the worker before it i
 
 
 class _ErrStream(io.TextIOWrapper):
-    """stderr, line-buffered; it pushes pending stdout out first, so the two keep their order."""
+    """stderr, line-buffered; it pushes (or marks) pending stdout first, so the two keep their order."""
 
     out: io.TextIOWrapper | None = None
 
@@ -74,31 +74,54 @@ class _ErrStream(io.TextIOWrapper):
         return super().write(text)
 
 
-def _make_streams() -> None:
-    def raw(fd: int) -> io.BufferedWriter:
-        return io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16)
-
-    # stdout is block-buffered and flushed every FLUSH_INTERVAL by a thread (as ipykernel does):
-    # a pipe write per printed line capped a printing cell at ~40 MB/s, block writes reach ~170.
-    # flush() (tqdm calls it) still pushes a partial line out at once.
-    out = io.TextIOWrapper(raw(1), encoding="utf-8", errors="backslashreplace")
-    err = _ErrStream(raw(2), encoding="utf-8", errors="backslashreplace", line_buffering=True)
+def _make_streams(ring_fd: int | None, prefix: bytes, out_pipe: int,
+                  err_pipe: int) -> list[rings.RingWriter]:
+    """sys.stdout/stderr for cells; with ring_fd, text goes into shared memory (see rings.py)."""
+    writers: list[rings.RingWriter] = []
+    if ring_fd is not None:
+        try:
+            header = rings.map_header(ring_fd)
+            writers = [rings.RingWriter(ring_fd, header, index, fd, functools.partial(
+                protocol.marker, prefix)) for index, fd in enumerate((out_pipe, err_pipe))]
+        except (OSError, ValueError):  # no room for the mappings (an address-space limit)
+            writers = []
+        os.close(ring_fd)
+    buffers: list[Any]
+    if writers:
+        # Every print lands in shared memory at once (an mmap's own write, no Python frame).
+        buffers, write_through = [w.sink for w in writers], True
+    else:
+        # stdout block-buffered and flushed every FLUSH_INTERVAL (as ipykernel does): a pipe
+        # write per printed line capped a printing cell at ~40 MB/s, block writes reach ~170.
+        buffers = [io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16) for fd in (1, 2)]
+        write_through = False
+    out = io.TextIOWrapper(buffers[0], encoding="utf-8", errors="backslashreplace",
+                           write_through=write_through)
+    err = _ErrStream(buffers[1], encoding="utf-8", errors="backslashreplace", line_buffering=True,
+                     write_through=write_through)
     err.out = out
     # The __std*__ originals too: code that restores them must still reach the pipes.
     sys.stdout = sys.__stdout__ = out  # type: ignore[misc]
     sys.stderr = sys.__stderr__ = err  # type: ignore[misc]
     sys.stdin = sys.__stdin__ = open(os.devnull)  # type: ignore[misc]  # noqa: SIM115
 
-    def flush_periodically() -> None:
+    def tend_periodically() -> None:
+        interval = FLUSH_INTERVAL
         while True:
-            time.sleep(FLUSH_INTERVAL)
+            time.sleep(interval)
             try:
-                out.flush()
+                # Markers (the server shows what was printed), rotation, back-pressure: checked
+                # often while text flows, so what waits in memory stays a few MiB.
+                came = any([writer.tend() for writer in writers])
+                interval = FLUSH_INTERVAL / 10 if came else FLUSH_INTERVAL
+                if not writers:
+                    out.flush()
             except Exception:
                 pass  # a closed or broken stdout: the cell's business, not the flusher's
 
-    threading.Thread(target=flush_periodically, name="stdout-flusher", daemon=True).start()
+    threading.Thread(target=tend_periodically, name="stdout-flusher", daemon=True).start()
     _flush_before_handing_over_fds(out)
+    return writers
 
 
 def _flush_before_handing_over_fds(out: io.TextIOWrapper) -> None:
@@ -188,9 +211,13 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
             os._exit(0)
 
 
-def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[str, Any]) -> int:
+def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[str, Any],
+         ring_fd: int | None = None) -> int:
     """Serve cells until told to stop or the server goes away; returns the exit code."""
-    _make_streams()
+    # Private copies of the output pipes (close-on-exec): markers reach the server even when a
+    # cell points fd 1 or 2 elsewhere, and FIONREAD on them tells whether it has read it all.
+    out_pipe, err_pipe = os.dup(1), os.dup(2)
+    writers = _make_streams(ring_fd, prefix, out_pipe, err_pipe)
     # Non-interactive plots: figures come back as PNG displays, plt.show() never blocks.
     os.environ["MPLBACKEND"] = "module://kernelserver.mpl_backend"
     # A segfault then leaves the Python stack of the crash in the cell's stderr.
@@ -200,9 +227,6 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     # Cells run in __main__ as in IPython, so their classes pickle and multiprocessing works.
     sys.modules["__main__"] = main_module
     sys.argv = [""]
-    # Private copies of the output pipes (close-on-exec): markers reach the server even when a
-    # cell points fd 1 or 2 elsewhere, and FIONREAD on them tells whether it has read it all.
-    out_pipe, err_pipe = os.dup(1), os.dup(2)
     send_lock = threading.Lock()
     display_seq = 0
 
@@ -268,7 +292,8 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         # The server must have read all of this cell's output before it answers. Pipes it has
         # already emptied say so at once ("drained"); otherwise END markers, read after the
         # rest, say it. Most cells print little, and skip two writes and two server wake-ups.
-        drained = _pipe_is_empty(out_pipe) and _pipe_is_empty(err_pipe)
+        drained = (_pipe_is_empty(out_pipe) and _pipe_is_empty(err_pipe)
+                   and all(writer.consumed() for writer in writers))
         if not drained:
             os.write(out_pipe, protocol.marker(prefix, b"END"))
             os.write(err_pipe, protocol.marker(prefix, b"END"))
