@@ -43,7 +43,7 @@ KEEP = 4 << 20  # per half: pages kept (as zeros) for the next pass; beyond, fre
 LAG_MAX = 16 << 20  # more unread than this, and printing waits for the server (back-pressure)
 WAIT_MAX = 1.0  # seconds a print waits for a server that does not read
 STREAMS = ("stdout", "stderr")
-READ_SIZE = 1 << 16  # the server's read: as the pipe's
+READ_SIZE = 30_000  # the server's read: text pieces under allocator.LARGE_BLOCK reuse heap memory
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 _HEADER_SLOT = 64  # bytes per stream in the header page
@@ -215,7 +215,11 @@ class RingReader:
         self.gen = 0
         self.pos = 0
         self._released = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Reads land in one buffer and decode from it: a fresh bytes object per read, and the
+        # incremental decoder's copy of it, each cost a 64 KiB allocation (page faults: the server
+        # maps allocations this big, allocator.py) for text that is copied once more anyway.
+        self._buffer = memoryview(bytearray(READ_SIZE))
+        self._partial = b""  # an unfinished UTF-8 sequence at the end of the last read
 
     def _read(self, half: int, start: int, end: int) -> bytes:
         return os.pread(self._fd, end - start, _offset(self._stream, half) + start)
@@ -228,7 +232,7 @@ class RingReader:
             self.gen, self.pos, self._released = gen, 0, 0
         while gen == self.gen and self.pos < pos:
             end = min(pos, self.pos + READ_SIZE)
-            text = self._decoder.decode(self._read(gen % 2, self.pos, end))
+            text = self._decode_range(gen % 2, self.pos, end)
             self.pos = end
             if self._head is not None:
                 self._head.set(self.gen, self.pos)
@@ -238,12 +242,30 @@ class RingReader:
     def rest(self) -> str:
         """After the worker died: what it printed that no marker announced (zeros end it)."""
         half = self.gen % 2
-        text = self._decoder.decode(self._read(half, self.pos, self._written_end(half, self.pos)))
+        text = self._decode_range(half, self.pos, self._written_end(half, self.pos))
         following = 1 - half
         if self._read(following, 0, 1) not in (b"", b"\0"):
             # It had moved to the other half before its last marker.
-            text += self._decoder.decode(self._read(following, 0, self._written_end(following, 0)))
-        return text + self._decoder.decode(b"", final=True)
+            text += self._decode_range(following, 0, self._written_end(following, 0))
+        partial, self._partial = self._partial, b""
+        return text + codecs.utf_8_decode(partial, "replace", True)[0]
+
+    def _decode_range(self, half: int, start: int, end: int) -> str:
+        """The text of [start, end) of a half, read a buffer's worth at a time."""
+        pieces = []
+        while start < end:
+            count = os.preadv(self._fd, [self._buffer[:min(end - start, READ_SIZE)]],
+                              _offset(self._stream, half) + start)
+            if count <= 0:
+                break
+            start += count
+            data: Any = self._buffer[:count]
+            if self._partial:
+                data = self._partial + data
+            text, used = codecs.utf_8_decode(data, "replace", False)
+            self._partial = bytes(data[used:])
+            pieces.append(text)
+        return "".join(pieces)
 
     def _written_end(self, half: int, start: int) -> int:
         """Where written text ends: the first whole page of zeros after start (pages never written
