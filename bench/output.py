@@ -12,9 +12,10 @@ from common import Http, PeakRSS, jupyter_execute, jupyter_kernel, kernelserver,
 LINE = 99  # characters per printed line, plus its newline
 
 
-def cell(megabytes: float) -> str:
-    lines = int(megabytes * 1_000_000) // (LINE + 1)
-    return f"line = 'x' * {LINE}\nfor _ in range({lines}):\n    print(line)\n"
+def cell(megabytes: float, line: int = LINE) -> str:
+    """A cell printing megabytes of lines of `line` characters (plus the newline)."""
+    lines = int(megabytes * 1_000_000) // (line + 1)
+    return f"line = 'x' * {line}\nfor _ in range({lines}):\n    print(line)\n"
 
 
 def stream_once(http: Http, ns: str, code: str, size: int) -> float:

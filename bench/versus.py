@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common import Http, interleave, kernelserver, machine, median_ms
-from output import cell, stream_once
+from output import LINE, cell, stream_once
 from startup import start_once
 
 HERE = Path(__file__).resolve().parent.parent
@@ -53,10 +53,11 @@ def _measures(http: Http, tag: str, batch: int, code: str, size: int) -> dict[st
             f"{tag} buffered": buffered}
 
 
-def run(base: Path, rounds: int = 5, batch: int = 200, megabytes: float = 20.0) -> dict[str, Any]:
+def run(base: Path, rounds: int = 5, batch: int = 200, megabytes: float = 20.0,
+        line: int = LINE) -> dict[str, Any]:
     """Medians (round trip, start) and best MB/s (output) of both trees, interleaved."""
-    code = cell(megabytes)
-    size = int(megabytes * 1_000_000) // 100 * 100
+    code = cell(megabytes, line)
+    size = int(megabytes * 1_000_000) // (line + 1) * (line + 1)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(base), os.environ.get("PYTHONPATH")]))}
     with kernelserver(env, cwd=base) as before, kernelserver(cwd=HERE) as after:
         before_http, after_http = Http(before.port), Http(after.port)
@@ -80,15 +81,16 @@ def run(base: Path, rounds: int = 5, batch: int = 200, megabytes: float = 20.0) 
             "buffered_mb_s": size / 1e6 / min(samples[f"{tag} buffered"]),
         }
     ratio = {key: figures["after"][key] / figures["before"][key] for key in figures["after"]}
-    return {"base": str(base), "rounds": rounds, "batch": batch, "megabytes": size / 1e6,
+    return {"base": str(base), "rounds": rounds, "batch": batch, "megabytes": size / 1e6, "line": line,
             "machine": machine(), **figures, "after_over_before": ratio}
 
 
 def table(result: dict[str, Any]) -> str:
     """Markdown: each measure before and after, and after / before."""
+    printed = f"{result['megabytes']:.0f} MB in {result['line'] + 1}-byte lines"
     rows = [("execute `1+1` p50", "roundtrip_ms", "{:.2f} ms"), ("create → first result", "start_ms",
-            "{:.1f} ms"), (f"{result['megabytes']:.0f} MB streamed", "streamed_mb_s", "{:.0f} MB/s"),
-            (f"{result['megabytes']:.0f} MB buffered", "buffered_mb_s", "{:.0f} MB/s")]
+            "{:.1f} ms"), (f"{printed}, streamed", "streamed_mb_s", "{:.0f} MB/s"),
+            (f"{printed}, buffered", "buffered_mb_s", "{:.0f} MB/s")]
     lines = ["| measure | before | after | after / before |", "|---|---|---|---|"]
     for name, key, fmt in rows:
         lines.append(f"| {name} | {fmt.format(result['before'][key])} | "
@@ -103,9 +105,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--megabytes", type=float, default=20.0)
+    parser.add_argument("--line", type=int, default=LINE, help="characters per printed line")
     parser.add_argument("--json", action="store_true", help="print the raw figures instead")
     args = parser.parse_args()
     if not (args.base / "kernelserver" / "__init__.py").is_file():
         parser.error(f"{args.base} is not a kernelserver checkout")
-    found = run(args.base.resolve(), args.rounds, args.batch, args.megabytes)
+    found = run(args.base.resolve(), args.rounds, args.batch, args.megabytes, args.line)
     print(json.dumps(found, indent=1) if args.json else f"{found['machine']}\n\n{table(found)}")

@@ -154,7 +154,8 @@ class Namespace:
         """Run a cell and yield its typed events as they happen, ending with a ResultEvent.
 
         OutputEvent (stdout/stderr text), DisplayEvent, and last ResultEvent, whose .result is
-        the ExecutionResult; a StreamErrorEvent ends the stream early if this client read too slowly.
+        the ExecutionResult. A client that reads more slowly than the cell prints (by 32 MiB) misses
+        the output that came meanwhile: a stderr note says how much, where.
         """
         for data in self.run(code, timeout=timeout, stream=True, output_cap_bytes=output_cap_bytes,
                              repr_limit_bytes=repr_limit_bytes):

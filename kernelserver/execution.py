@@ -289,7 +289,7 @@ class Execution:
         With replay, the output kept so far comes first, so a client reattaching to a running
         execution misses nothing that is still kept.
         """
-        listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS)
+        listener: Listener[Event] = Listener(LISTENER_QUEUE_EVENTS, gap=self._gap_note)
         backlog: list[Event] = []
         with self._cond:
             final = self._final
@@ -309,6 +309,13 @@ class Execution:
                 backlog.extend(DisplayEvent(d) for d in self.displays)
             self._listeners.append(listener)
         return Subscription(self, listener, backlog)
+
+    def _gap_note(self, characters: int) -> Event:
+        """Where a stream client that fell behind missed output: what, and where it is kept."""
+        return OutputEvent("stderr", (
+            f"\n[kernelserver: {characters} characters of output left out of this stream here: "
+            "the client read more slowly than the cell printed. The execution keeps its output "
+            f"(up to the cap): GET /env/execution?id={self.id}&n={self.execution_count}]\n"))
 
     def unsubscribe(self, listener: Listener[Event]) -> None:
         """Stop sending events to listener."""

@@ -249,7 +249,7 @@ class KeepaliveEvent:
 
 @dataclass(frozen=True)
 class StreamErrorEvent:
-    """The stream ends early (the client read too slowly); the cell goes on."""
+    """A namespace subscription ends early (its reader fell too far behind); the cells go on."""
 
     code: str
     message: str

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("kernelserver")
 
 # A subscriber never makes a cell wait: one that falls this far behind (events, or characters of
-# text and displays) is cut off, told so, and fetches the result later. A live client reads as
-# fast as the cell prints; one that stalls must not stall the cell, its deadline or anyone else.
+# text and displays) misses output. A client of its own cell's stream misses only the output that
+# came while it was behind, and reads a note saying how much where it was left out; a watcher of a
+# namespace is cut off, told so, and subscribes again. One that stalls must not stall the cell,
+# its deadline or anyone else; one that reads, but more slowly than the cell prints, still gets
+# the start, the end and the result.
 LISTENER_QUEUE_EVENTS = 4096
 LISTENER_QUEUE_BYTES = 32 << 20
 # A namespace watcher (every cell of a namespace) is cut off sooner in events: many are tiny.
@@ -62,14 +65,24 @@ T = TypeVar("T")
 
 
 class Listener(Generic[T]):
-    """A queue of events for one subscriber that never makes the publisher wait."""
+    """A queue of events for one subscriber that never makes the publisher wait.
 
-    def __init__(self, max_events: int, max_bytes: int = LISTENER_QUEUE_BYTES) -> None:
+    Full, it cuts the subscriber off (a CUT item ends its feed); or, with gap, it leaves out the
+    items that have a size (output, displays) until the subscriber has read half of what waits,
+    then queues gap(characters left out) and goes on. Items without a size (the result, state
+    changes) are always queued: a client that keeps reading always gets the end.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int = LISTENER_QUEUE_BYTES,
+                 gap: Callable[[int], T] | None = None) -> None:
         self._items: deque[tuple[T | _Cut, int]] = deque()
         self._cond = threading.Condition()
         self._bytes = 0
         self._max_events = max_events
         self._max_bytes = max_bytes
+        self._gap = gap
+        self._skipping = False
+        self._skipped = 0  # characters left out since it fell behind
         self.cut = False
 
     def offer(self, item: T, size: int = 0) -> bool:
@@ -77,18 +90,31 @@ class Listener(Generic[T]):
         with self._cond:
             if self.cut:
                 return False
-            if len(self._items) >= self._max_events or self._bytes + size > self._max_bytes:
-                # What it has not read goes, and it learns why its feed ended.
-                self.cut = True
-                self._items.clear()
-                self._bytes = 0
-                self._items.append((CUT, 0))
-                self._cond.notify()
-                return False
+            full = len(self._items) >= self._max_events or self._bytes + size > self._max_bytes
+            if self._gap is None:
+                if full:
+                    # What it has not read goes, and it learns why its feed ended.
+                    self.cut = True
+                    self._items.clear()
+                    self._bytes = 0
+                    self._items.append((CUT, 0))
+                    self._cond.notify()
+                    return False
+            elif self._skipping and (not size or self._caught_up()):
+                self._skipping = False
+                self._items.append((self._gap(self._skipped), 0))
+                self._skipped = 0
+            elif size and (full or self._skipping):
+                self._skipping = True
+                self._skipped += size
+                return True
             self._items.append((item, size))
             self._bytes += size
             self._cond.notify()
             return True
+
+    def _caught_up(self) -> bool:
+        return len(self._items) <= self._max_events // 2 and self._bytes <= self._max_bytes // 2
 
     def get(self, timeout: float) -> T | _Cut | None:
         """The next item, or None when timeout seconds pass first."""

@@ -88,7 +88,7 @@ def _healthy(server: LiveServer) -> bool:
 def test_a_stalled_stream_reader_does_not_slow_the_cell(server: LiveServer) -> None:
     post(server, "/env/create", {"id": "stall"})
     code = ("import time\nstarted = time.time()\nfor _ in range(400_000):\n    print('x' * 99)\n"
-            "time.time() - started")
+            "print('the last line')\ntime.time() - started")
     body = json.dumps({"id": "stall", "code": code, "stream": True, "timeout": 20}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.socket()
@@ -103,8 +103,16 @@ def test_a_stalled_stream_reader_does_not_slow_the_cell(server: LiveServer) -> N
         while b"stdout" not in seen:  # the headers, then the first lines of output
             seen += sock.recv(4096)
         time.sleep(4)  # the client stops reading: it holds the stream but takes nothing
+        while not seen.endswith(b"\r\n0\r\n\r\n"):  # then reads on, to the end
+            chunk = sock.recv(1 << 16)
+            assert chunk, "the stream ended without its last chunk"
+            seen += chunk
     finally:
         sock.close()
+    # Where it fell behind it reads what it missed and where that is kept; then the end of the
+    # output and the result.
+    assert b"characters of output left out of this stream here" in seen
+    assert b"the last line" in seen and b'"event": "result"' in seen.replace(b'":"', b'": "')
     n = requests.get(server.url + "/env/history", params={"id": "stall"}, headers=server.headers,
                      timeout=10).json()["executions"][-1]["execution_count"]
     final = requests.get(server.url + "/env/execution", params={"id": "stall", "n": n, "wait": 40},

@@ -26,7 +26,7 @@ from kernelserver.results import (
     StreamErrorEvent,
 )
 from kernelserver.service import Service
-from kernelserver.subscriptions import NamespaceEvent, NamespaceSubscription
+from kernelserver.subscriptions import Listener, NamespaceEvent, NamespaceSubscription
 
 from conftest import AUTH, TOKEN, wait_until
 
@@ -364,3 +364,28 @@ def test_a_stream_of_a_cell_that_already_finished_still_carries_its_output(servi
     service.delete("fast")
     recorded = list(service.stream(service.execution("fast", execution.execution_count)).events())
     assert recorded[0] == OutputEvent("stdout", "out\n") and isinstance(recorded[-1], ResultEvent)
+
+
+def _drain(listener: Listener[Any]) -> list[Any]:
+    items = []
+    while (item := listener.get(0)) is not None:
+        items.append(item)
+    return items
+
+
+def test_a_stream_client_that_falls_behind_misses_only_what_came_meanwhile() -> None:
+    listener: Listener[Any] = Listener(100, max_bytes=100, gap=lambda n: ("left out", n))
+    for number in range(6):  # three fit; three come while it is behind
+        assert listener.offer(("out", number), 30)
+    assert listener.offer(("result",), 0)  # the end always comes, after the note
+    assert _drain(listener) == [("out", 0), ("out", 1), ("out", 2), ("left out", 90), ("result",)]
+
+
+def test_a_stream_client_that_catches_up_gets_output_again_after_a_note() -> None:
+    listener: Listener[Any] = Listener(100, max_bytes=100, gap=lambda n: ("left out", n))
+    for number in range(4):
+        listener.offer(("out", number), 40)  # 0 and 1 fit, 2 and 3 are left out
+    assert listener.get(0) == ("out", 0)  # 40 of 100 waiting: under half, it takes output again
+    listener.offer(("out", 4), 40)
+    assert _drain(listener) == [("out", 1), ("left out", 80), ("out", 4)]
+    assert not listener.cut
