@@ -6,6 +6,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Response
 
+from .backends.base import NamespaceOptions, Resources
 from .errors import BadRequest, ServerUnavailable
 from .params import (
     current_service,
@@ -13,6 +14,7 @@ from .params import (
     field_float,
     field_int,
     field_limit,
+    field_memory,
     field_str,
     params,
 )
@@ -31,10 +33,15 @@ def health() -> Response:
 
 @bp.post("/env/create")
 def env_create() -> Response:
-    namespace_id = field_str(params(), "id")
+    data = params()
+    namespace_id = field_str(data, "id")
+    options = NamespaceOptions(Resources(memory=field_memory(data, "memory_limit")),
+                               cull_idle_after=field_float(data, "cull_idle_after"))
     service = current_service()
-    created = service.create(namespace_id)
-    return json_response({"id": namespace_id, "created": created, "envs": service.ids()},
+    created = service.create(namespace_id, options)
+    # An existing namespace keeps the limits it was made with: the answer says which.
+    limits = service.describe(namespace_id, with_variables=False).limits()
+    return json_response({"id": namespace_id, "created": created, "envs": service.ids(), **limits},
                          201 if created else 200)
 
 

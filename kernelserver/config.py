@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 from .backends import BACKENDS
 
 MIB = 1024 * 1024
+MIN_MEMORY_LIMIT = 64 * MIB  # as backends.memory.MIN_LIMIT: a worker's interpreter needs ~30 MiB
 
 
 def _parse_bool(text: str) -> bool:
@@ -23,6 +25,23 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like '512M', '2G', '1.5GiB' (ValueError when neither)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string such as '2G'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError("a size is a number of bytes or a string such as '2G'")
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", value.lower())
+    if not found:
+        raise ValueError(f"{value!r} is not a size: use bytes or a string such as '512M' or '2G'")
+    number, unit = float(found.group(1)), found.group(2)
+    return int(number * (1024 ** " kmgt".index(unit or " ")))
 
 
 def _parse_list(text: str) -> list[str]:
@@ -113,6 +132,17 @@ SETTINGS: tuple[Setting, ...] = (
             "keepalive event (proxies drop idle connections)."),
     Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "
             "(older ones are read from history)."),
+    Setting("memory_limit", 0, parse_size, "Default memory limit per namespace (its worker and "
+            "every process it starts; bytes, or `512M`, `2G`); 0 for none. A cell that goes past it "
+            "is stopped with `MemoryLimitExceeded` and the namespace restarted. `/env/create` may "
+            "set a namespace's own (`memory_limit`)."),
+    Setting("memory_limit_method", "auto", str, "How limits are kept: `cgroup` (v2, else v1, "
+            "under the server's own cgroup; exact), `watchdog` (the server samples memory every "
+            "0.1 s and kills past the limit), or `auto` (cgroup where the system lets the server "
+            "make groups, else watchdog). GET /info says which is in use."),
+    Setting("cull_idle_after", 0.0, float, "Seconds a namespace may sit idle (no cell queued or "
+            "running) before it is deleted to free its memory and GPU; 0 never. Its history stays "
+            "readable. `/env/create` may set a namespace's own (`cull_idle_after`)."),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -150,6 +180,14 @@ def load_config(
     if not 0 <= config["max_websockets"] < config["threads"]:
         raise ValueError(f"max_websockets ({config['max_websockets']}) must be below threads "
                          f"({config['threads']}): each WebSocket holds a thread")
+    if config["memory_limit_method"] not in ("auto", "cgroup", "watchdog"):
+        raise ValueError("memory_limit_method must be auto, cgroup or watchdog, not "
+                         f"{config['memory_limit_method']!r}")
+    config["memory_limit"] = parse_size(config["memory_limit"])
+    if config["memory_limit"] and config["memory_limit"] < MIN_MEMORY_LIMIT:
+        raise ValueError(f"memory_limit must be 0 (none) or at least {MIN_MEMORY_LIMIT // MIB} MiB")
+    if config["cull_idle_after"] < 0:
+        raise ValueError("cull_idle_after must be 0 (never) or more seconds")
     if config["websocket_ping_interval"] <= 0:
         raise ValueError("websocket_ping_interval must be more than 0 seconds")
     return config

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import ExitReason, Kernel
+from .backends.base import ExitReason, Kernel, NamespaceOptions
 from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
@@ -32,12 +33,19 @@ class NamespaceInfo:
     last_activity: str
     details: dict[str, Any] = field(default_factory=dict)  # the backend's: pid, memory_rss
     variables: list[dict[str, Any]] | None = None  # only when asked for
+    memory_limit: int = 0  # bytes; 0 for none
+    cull_idle_after: float = 0.0  # seconds; 0 never
+
+    def limits(self) -> dict[str, Any]:
+        """The namespace's limits as its JSON shows them."""
+        return {"memory_limit": self.memory_limit, "cull_idle_after": self.cull_idle_after}
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form pinned in DESIGN.md section 3."""
+        """The JSON form pinned in DESIGN.md section 3, and its limits."""
         data: dict[str, Any] = {"id": self.id, "state": self.state,
                                 "execution_count": self.execution_count,
-                                "created_at": self.created_at, "last_activity": self.last_activity}
+                                "created_at": self.created_at, "last_activity": self.last_activity,
+                                **self.limits()}
         data.update(self.details)
         if self.variables is not None:
             data["variables"] = self.variables
@@ -53,11 +61,19 @@ class Namespace:
 
     def __init__(self, namespace_id: str, start: Callable[[], Kernel], config: dict[str, Any],
                  history: History | None = None,
-                 on_failed: Callable[[Namespace], None] | None = None) -> None:
+                 on_failed: Callable[[Namespace], None] | None = None,
+                 options: NamespaceOptions | None = None) -> None:
         self.id = namespace_id
         self.config = config
+        options = options or NamespaceOptions()
+        # None: the server's setting (0 for none, or never).
+        memory = options.resources.memory
+        self.memory_limit: int = config.get("memory_limit", 0) if memory is None else memory
+        cull = options.cull_idle_after
+        self.cull_idle_after: float = config.get("cull_idle_after", 0.0) if cull is None else cull
         self.created_at = utcnow_iso()
         self.last_activity = self.created_at
+        self._active_at = time.monotonic()  # last_activity, on the clock idle culling reads
         self.history = history
         self.hub = Hub()
         self.kernel: Kernel | None = None  # None while starting
@@ -173,7 +189,7 @@ class Namespace:
             self._next_count += 1
             self._executions[execution.execution_count] = execution
             self._forget_old()
-            self.last_activity = utcnow_iso()
+            self._touch()
             if self.history is not None:
                 self.history.record_submitted(self.id, execution.execution_count, cell.code,
                                               execution.submitted_at)
@@ -240,7 +256,7 @@ class Namespace:
             with self._lock:
                 self._current = None
                 self._pending -= 1
-                self.last_activity = utcnow_iso()
+                self._touch()
         if not cancelled:
             self._record(execution)
 
@@ -322,7 +338,7 @@ class Namespace:
         self._cancel_queued(Outcome.failed(
             "NamespaceRestarted", f"namespace {self.id!r} was restarted before the cell ran"))
         self.kernel.restart()
-        self.last_activity = utcnow_iso()
+        self._touch()
         self.hub.publish(None, StateEvent("idle"))
 
     def stop_cells(self) -> Execution | None:
@@ -349,6 +365,17 @@ class Namespace:
                 self._pending -= 1
                 self._cancelled.discard(execution.execution_count)
             self._finish_early(execution, outcome)
+
+    def _touch(self) -> None:
+        self.last_activity = utcnow_iso()
+        self._active_at = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since a cell last ran or came; 0 while one waits or runs, or while starting."""
+        with self._lock:
+            if self._closed or self.kernel is None or self._pending:
+                return 0.0
+            return time.monotonic() - self._active_at
 
     def close(self, timeout: float = 10.0, reason: ExitReason = ExitReason.DELETED) -> None:
         """Stop the runner and release the kernel; waits (bounded) for the running cell to end."""
@@ -378,4 +405,5 @@ class Namespace:
             created_at=self.created_at, last_activity=self.last_activity,
             details=kernel.details() if kernel is not None else {},
             variables=(kernel.variables() if kernel is not None else []) if with_variables else None,
+            memory_limit=self.memory_limit, cull_idle_after=self.cull_idle_after,
         )

@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
+from .config import MIN_MEMORY_LIMIT, parse_size
 from .encoding import loads
 from .errors import (
     BadRequest,
@@ -131,6 +132,21 @@ def field_limit(data: Mapping[str, Any], name: str) -> int | None:
                             f"may only lower it (the server's setting {name} raises it)",
                             limit=name, max=ceiling)
     return value
+
+
+def field_memory(data: Mapping[str, Any], name: str) -> int | None:
+    """An optional memory limit in bytes: a number, or text such as '512M' or '2G'; 0 for none."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise BadRequest(f"field {name!r}: {exc}") from None
+    if size and not MIN_MEMORY_LIMIT <= size < 2**63:
+        raise BadRequest(f"field {name!r} must be 0 (none) or at least {MIN_MEMORY_LIMIT >> 20} MiB "
+                         "(a worker's interpreter alone takes ~30 MiB)")
+    return size
 
 
 def field_bool(data: Mapping[str, Any], name: str) -> bool:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from .backends.base import Backend, ExitReason, NamespaceOptions
 from .errors import InvalidNamespaceId, NamespaceNotFound, TooManyNamespaces
 from .history import History
 from .namespace import Namespace
+
+log = logging.getLogger("kernelserver")
+CULL_CHECK = 1.0  # seconds between looks for namespaces idle past their cull_idle_after
+CULLED_REMEMBERED = 1000  # culled ids whose 404 says so
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_ID = "default"
@@ -36,6 +42,10 @@ class Registry:
         self.history = history
         self._namespaces: dict[str, Namespace] = {}
         self._lock = threading.Lock()
+        self._culled: OrderedDict[str, str] = OrderedDict()  # id -> why its 404 says it is gone
+        self._stop = threading.Event()
+        self._culler = threading.Thread(target=self._cull_loop, name="culler", daemon=True)
+        self._culler.start()
 
     def create(self, namespace_id: str, options: NamespaceOptions | None = None
                ) -> tuple[Namespace, bool]:
@@ -57,8 +67,9 @@ class Registry:
                     )
                 namespace = Namespace(
                     namespace_id, lambda: self.backend.start_kernel(namespace_id, chosen),
-                    self.config, self.history, on_failed=self._forget)
+                    self.config, self.history, on_failed=self._forget, options=chosen)
                 self._namespaces[namespace_id] = namespace
+                self._culled.pop(namespace_id, None)
         namespace.wait_started(self.config["start_timeout"])
         return namespace, created
 
@@ -74,8 +85,9 @@ class Registry:
         with self._lock:
             found = self._namespaces.get(namespace_id)
         if found is None:
+            culled = self._culled.get(namespace_id)
             raise NamespaceNotFound(
-                f"no namespace {namespace_id!r}; create it with POST /env/create",
+                culled or f"no namespace {namespace_id!r}; create it with POST /env/create",
                 id=namespace_id,
             )
         return found
@@ -105,8 +117,43 @@ class Registry:
         with self._lock:
             return [self._namespaces[k] for k in sorted(self._namespaces)]
 
+    def cull_idle(self) -> tuple[str, ...]:
+        """Delete every namespace idle past its cull_idle_after (never one with a cell queued or
+        running); the ids it deleted. Their history stays readable."""
+        culled: tuple[str, ...] = ()
+        for namespace in self.list():
+            after = namespace.cull_idle_after
+            if after <= 0:
+                continue
+            idle = namespace.idle_for()
+            if idle < after:
+                continue
+            with self._lock:
+                if self._namespaces.get(namespace.id) is not namespace:
+                    continue
+                del self._namespaces[namespace.id]
+                self._culled[namespace.id] = (
+                    f"namespace {namespace.id!r} was deleted after {idle:.0f} s idle "
+                    f"(cull_idle_after {after:g} s) to free its memory; its history is still at "
+                    f"GET /env/history?id={namespace.id}; create it again with POST /env/create")
+                while len(self._culled) > CULLED_REMEMBERED:
+                    self._culled.popitem(last=False)
+            log.info("namespace %r culled after %.0f s idle (cull_idle_after %g s)",
+                     namespace.id, idle, after)
+            namespace.close()
+            culled += (namespace.id,)
+        return culled
+
+    def _cull_loop(self) -> None:
+        while not self._stop.wait(CULL_CHECK):
+            try:
+                self.cull_idle()
+            except Exception:  # the culler must outlive one namespace's failure to close
+                log.exception("idle culling failed")
+
     def close(self) -> None:
         """Close every namespace (server shutdown)."""
+        self._stop.set()
         with self._lock:
             namespaces = list(self._namespaces.values())
             self._namespaces.clear()

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from . import tokenfile
 from .backends import load_backend
-from .backends.base import NamespaceOptions
+from .backends.base import NamespaceOptions, Resources
 from .errors import ExecutionNotFound, NamespaceNotFound
 from .execution import Execution
 from .history import History, HistoryError
@@ -247,8 +247,10 @@ class Service:
     def limits(self) -> dict[str, Any]:
         """The limits a client cares about."""
         keys = ("max_body_bytes", "max_namespaces", "max_queued", "output_cap_bytes",
-                "repr_limit_bytes", "interrupt_grace", "request_read_timeout")
-        return {key: self.config[key] for key in keys}
+                "repr_limit_bytes", "interrupt_grace", "request_read_timeout", "memory_limit",
+                "cull_idle_after")
+        return {**{key: self.config[key] for key in keys},
+                "memory_limit_method": self.backend.memory_limit_method()}
 
     def probe(self) -> dict[str, Any]:
         """The environment probe, run in a fresh worker, cached for PROBE_TTL seconds."""
@@ -256,7 +258,8 @@ class Service:
             cached = self._probe_cache
             if cached is not None and time.monotonic() - cached[0] < PROBE_TTL:
                 return cached[1]
-            kernel = self.backend.start_kernel("probe", NamespaceOptions())
+            # The server's own look at its environment: not a namespace, not limited as one.
+            kernel = self.backend.start_kernel("probe", NamespaceOptions(Resources(memory=0)))
             try:
                 cell = Cell(PROBE_CODE, timeout=120.0)
                 sink = Execution("probe", 0, cell, 1 << 24)

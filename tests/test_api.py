@@ -68,7 +68,8 @@ def test_execution_count_increments_per_namespace(api: ApiClient) -> None:
 def test_create_get_list_delete(api: ApiClient) -> None:
     first = api.create("ns1")
     assert first.status_code == 201
-    assert first.get_json() == {"id": "ns1", "created": True, "envs": ["ns1"]}
+    assert first.get_json() == {"id": "ns1", "created": True, "envs": ["ns1"], "memory_limit": 0,
+                                "cull_idle_after": 0}
     again = api.create("ns1")
     assert again.status_code == 200 and again.get_json()["created"] is False
     api.run("answer = 42", id="ns1")

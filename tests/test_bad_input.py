@@ -55,7 +55,11 @@ def wrong_values(schema: dict[str, Any]) -> Iterator[tuple[Any, str]]:
     is_id = schema.get("$ref", "").endswith("/NamespaceId")
     types = _types(schema)
     minimum = resolve(schema).get("minimum")
-    if is_id:
+    if {t.get("type") for t in schema.get("oneOf", [])} == {"integer", "string"}:  # a size
+        yield from (("lots", "bad_request"), ("12 parsecs", "bad_request"), ([1], "bad_request"),
+                    ({}, "bad_request"), (True, "bad_request"), (-1, "bad_request"),
+                    (1000, "bad_request"), (2**70, "bad_request"))
+    elif is_id:
         yield from ((5, "bad_request"), (["a"], "bad_request"), ({"a": 1}, "bad_request"),
                     ("", "invalid_id"), ("../etc", "invalid_id"), ("x" * 65, "invalid_id"))
     elif "string" in types:

@@ -28,7 +28,10 @@ def test_info_reports_version_backend_limits_and_probe(papi: ApiClient) -> None:
     assert data["limits"] == {"max_body_bytes": 16 * 1024 * 1024, "max_namespaces": 32,
                               "max_queued": 64, "output_cap_bytes": 8 * 1024 * 1024,
                               "repr_limit_bytes": 1024 * 1024, "interrupt_grace": 2.0,
-                              "request_read_timeout": 15.0}
+                              "request_read_timeout": 15.0, "memory_limit": 0,
+                              "cull_idle_after": 0.0,
+                              "memory_limit_method": data["limits"]["memory_limit_method"]}
+    assert data["limits"]["memory_limit_method"] in ("cgroup v2", "cgroup v1", "watchdog")
     found = data["probe"]
     assert set(found) == PROBE_KEYS
     assert found["python"]["version"] == ".".join(map(str, sys.version_info[:3]))

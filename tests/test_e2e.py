@@ -39,7 +39,8 @@ def test_curl_json_form_and_multipart(live_server: LiveServer) -> None:
                           live_server.url + "/execute"))
     assert out["result"] == {"text/plain": "2"}
     out = json.loads(curl("-H", auth, "-F", "id=multi", live_server.url + "/env/create"))
-    assert out == {"id": "multi", "created": True, "envs": ["default", "multi"]}
+    assert out == {"id": "multi", "created": True, "envs": ["default", "multi"], "memory_limit": 0,
+                   "cull_idle_after": 0}
     denied = json.loads(curl(live_server.url + "/env/list"))
     assert denied["error"]["code"] == "unauthorized"
     rebinding = json.loads(curl("-H", "Host: attacker.example", live_server.url + "/health"))

@@ -69,6 +69,9 @@ class SlowBackend:
     def healthy(self) -> bool:
         return True
 
+    def memory_limit_method(self) -> str:
+        return "none"
+
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> FakeKernel:
         self.starts.append((namespace_id, options))
         assert self.release.wait(30), "the test never released the start"

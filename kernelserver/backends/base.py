@@ -40,7 +40,7 @@ class Resources:
 
     num_cpus: float | None = None
     num_gpus: float | None = None
-    memory: int | None = None  # bytes
+    memory: int | None = None  # bytes: reserved where a backend places namespaces, and the limit
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set."""
@@ -53,6 +53,7 @@ class NamespaceOptions:
     """Per-namespace options, handed to the backend with the id when it starts the kernel."""
 
     resources: Resources = field(default_factory=Resources)
+    cull_idle_after: float | None = None  # seconds idle before it is deleted; 0 never
 
 
 def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_after: float | None = None
@@ -124,6 +125,9 @@ class Backend(Protocol):
 
     def healthy(self) -> bool:
         """True when a cell can run now (what /health reports)."""
+
+    def memory_limit_method(self) -> str:
+        """How it keeps namespaces' memory limits ('cgroup v2', 'watchdog', ...; 'none')."""
 
     def close(self) -> None:
         """Release what the backend shares between its kernels."""

@@ -40,6 +40,7 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
         proctree.die_with_parent(signal.SIGKILL)
         # What a cell starts and detaches (setsid, a double fork) stays below the worker.
         proctree.become_subreaper()
+        proctree.raise_oom_score(proctree.OOM_SCORE_WORKER)
         sock.close()
         os.close(wakeup_r)
         os.close(wakeup_w)
@@ -94,6 +95,7 @@ def serve(fd: int) -> None:
     proctree.die_with_parent(signal.SIGTERM)
     # What a dead worker leaves behind is re-parented here, where it is found and killed.
     proctree.become_subreaper()
+    proctree.raise_oom_score(proctree.OOM_SCORE_FORKSERVER)
     workers: set[int] = set()
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")

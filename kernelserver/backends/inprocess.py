@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from .. import introspect
+from ..errors import NamespaceUnavailable
 from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
 from .base import ExitReason, NamespaceOptions, OutputSink, timed_out
@@ -212,8 +213,19 @@ class InProcessBackend:
         """Always: cells run in this process."""
         return True
 
+    def memory_limit_method(self) -> str:
+        """None: namespaces share the server's memory."""
+        return "none"
+
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> InProcessKernel:
         """A fresh namespace dict (nothing to wait for)."""
+        limit = options.resources.memory
+        if limit is None:
+            limit = self.config.get("memory_limit", 0)
+        if limit:
+            raise NamespaceUnavailable(
+                "the inprocess backend runs namespaces inside the server and cannot limit their "
+                "memory; use the process backend, or no memory_limit")
         return InProcessKernel(self.config["repr_limit_bytes"])
 
     def close(self) -> None:

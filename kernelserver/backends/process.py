@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import selectors
@@ -16,10 +17,13 @@ from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
 from ..results import Cell, Outcome
+from . import memory as memory_limits
 from . import protocol, rings
 from .base import ExitReason, NamespaceOptions, OutputSink, timed_out, timeout_error
 from .forkserver import ForkServer, ForkServerError
 from .pipes import CellIO, OutputPipe
+
+log = logging.getLogger("kernelserver")
 
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
@@ -201,6 +205,14 @@ class Worker:
             self._ring_fd = None
 
 
+def _size(count: int) -> str:
+    """Bytes as people read them: 512 MiB, 1.5 GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.3g} {unit}"
+    return f"{count} bytes"
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident memory of a process, from /proc (None where unavailable)."""
     try:
@@ -219,11 +231,13 @@ class ProcessKernel:
     runs_inline = True  # the code runs in the worker; interrupts are signals to it
 
     def __init__(self, forkserver: ForkServer | Callable[[], ForkServer], options: dict[str, Any],
-                 interrupt_grace: float, autostart: bool = True) -> None:
+                 interrupt_grace: float, autostart: bool = True,
+                 memory: memory_limits.Group | None = None) -> None:
         # A fork server, or where to get a live one (the backend replaces one that died).
         self._forkserver = forkserver if callable(forkserver) else (lambda: forkserver)
         self.options = options
         self.interrupt_grace = interrupt_grace
+        self.memory = memory  # the namespace's memory limit, kept across its workers
         self._lifecycle = threading.Lock()
         self._worker: Worker | None = None
         self._busy = False
@@ -241,9 +255,17 @@ class ProcessKernel:
 
     def _spawn(self) -> Worker:
         try:
-            return Worker(self._forkserver(), self.options)
+            worker = Worker(self._forkserver(), self.options)
         except ForkServerError as exc:
             raise NamespaceUnavailable(f"could not start a worker: {exc}") from None
+        if self.memory is not None:
+            try:
+                self.memory.attach(worker.pid)
+            except OSError as exc:
+                log.warning("could not put worker %d in its memory cgroup (%s); it is watched "
+                            "instead", worker.pid, exc)
+                self.memory = memory_limits.watchdog(self.memory.limit)
+        return worker
 
     def is_alive(self) -> bool:
         """True while a worker process is running."""
@@ -274,6 +296,8 @@ class ProcessKernel:
             with self._lifecycle:
                 if not self._busy:
                     worker.close()  # else the runner still reads it, and closes it when done
+        if self.memory is not None:
+            self.memory.close()
 
     def restart(self) -> None:
         """Replace the worker with a fresh one; the old one is gone before the new one starts."""
@@ -330,11 +354,14 @@ class ProcessKernel:
                                                    "metadata": {}}
 
     def details(self) -> dict[str, Any]:
-        """Worker pid and resident memory."""
+        """Worker pid, its resident memory, and (with a limit) what the limit counts."""
         worker = self._worker
         if worker is None:
             return {"pid": None, "memory_rss": None}
-        return {"pid": worker.pid, "memory_rss": rss_bytes(worker.pid)}
+        found: dict[str, Any] = {"pid": worker.pid, "memory_rss": rss_bytes(worker.pid)}
+        if self.memory is not None:
+            found["memory_used"] = self.memory.usage(worker.pid)
+        return found
 
     # -- execution --
 
@@ -375,8 +402,12 @@ class ProcessKernel:
                 io.emit(stream, stream.feed(early))
         io.drain_to_eof(DRAIN_AFTER_DEATH)
         io.flush_rest()
-        sink.write_stderr(f"[kernelserver: the worker process {dead.how_it_ended()} after the "
-                          "last cell; the namespace was restarted empty for this one]\n")
+        used = self.memory.exceeded(dead.pid) if self.memory is not None else None
+        how = (f"went past the namespace's memory limit of {_size(self.memory.limit)} "
+               f"({_size(used)} in use) and was stopped" if used is not None and self.memory
+               else dead.how_it_ended())
+        sink.write_stderr(f"[kernelserver: the worker process {how} after the last cell; the "
+                          "namespace was restarted empty for this one]\n")
         dead.close()
 
     def _replace_dead(self, worker: Worker) -> None:
@@ -400,6 +431,10 @@ class ProcessKernel:
         if cell.allow_stdin:
             message["allow_stdin"] = True
         timeout = cell.timeout
+        memory = self.memory
+        if memory is not None:
+            memory.arm()
+        next_check = time.monotonic() + memory_limits.POLL
         try:
             worker.tell(message)
         except OSError:
@@ -429,13 +464,27 @@ class ProcessKernel:
             if kill_at is not None and io.reply is None and now >= kill_at:
                 worker.kill()
                 return self._died(worker, io, deadline_passed=True, timeout=timeout)
-            wake = [t for t in (None if deadline_passed else deadline, kill_at, drain_until)
-                    if t is not None]
+            if memory is not None and io.reply is None and now >= next_check:
+                next_check = now + memory_limits.POLL
+                used = memory.exceeded(worker.pid)
+                if used is not None:  # the watchdog's find, or the kernel stopped part of it
+                    worker.kill()
+                    return self._died(worker, io, deadline_passed, timeout, memory_used=used)
+            wake = [t for t in (None if deadline_passed else deadline, kill_at, drain_until,
+                                next_check if memory is not None else None) if t is not None]
             # Wake at least every 0.5 s to notice a worker that died while a grandchild
             # still holds its sockets open.
             io.pump(min([0.5] + [max(t - now, 0.0) for t in wake]))
             if io.closed or (io.reply is None and not worker.is_alive()):
                 return self._died(worker, io, deadline_passed, timeout)
+        if memory is not None and io.reply is not None:
+            used = memory.exceeded(worker.pid)
+            if used is not None:
+                # It ends holding more than its limit (the watchdog samples, and a cell can end
+                # between two samples; the kernel may have stopped only a subprocess): stopped,
+                # as it would have been a moment later.
+                worker.kill()
+                return self._died(worker, io, deadline_passed, timeout, memory_used=used)
         io.flush_displays()
         for reader in worker.rings:
             reader.release()  # the pages of what the cell printed go back
@@ -443,7 +492,7 @@ class ProcessKernel:
         return timed_out(outcome, timeout) if deadline_passed else outcome
 
     def _died(self, worker: Worker, io: CellIO, deadline_passed: bool,
-              timeout: float | None = None) -> Outcome:
+              timeout: float | None = None, memory_used: int | None = None) -> Outcome:
         """The worker is gone mid-cell: collect its last output, report, and replace it."""
         status = worker.wait(2.0)
         if status is None:
@@ -454,6 +503,13 @@ class ProcessKernel:
         why = worker.expected_exit
         if why is None:
             self._replace_dead(worker)
+        if memory_used is None and self.memory is not None and why is None:
+            memory_used = self.memory.exceeded(worker.pid)  # the kernel killed it at the limit
+        if memory_used is not None and self.memory is not None:
+            return Outcome.failed(
+                "MemoryLimitExceeded", f"the cell went past the namespace's memory limit of "
+                f"{_size(self.memory.limit)} ({_size(memory_used)} in use): its processes were "
+                "stopped and the namespace restarted empty", restarted=True)
         if deadline_passed:
             return Outcome("timeout", error=timeout_error(timeout, None, self.interrupt_grace),
                            restarted=True)
@@ -480,6 +536,7 @@ class ProcessBackend:
         self._lock = threading.Lock()
         self.forkserver = ForkServer()
         self.forkserver.start()
+        self._limits: memory_limits.Limits | None = None  # made when first asked for
 
     def live_forkserver(self) -> ForkServer:
         """The fork server, started anew if the last one died (a cell can kill it: every
@@ -499,11 +556,39 @@ class ProcessBackend:
         except ForkServerError:
             return False
 
+    @property
+    def limits(self) -> memory_limits.Limits:
+        """Where namespaces' memory groups are made (found, and the server's cgroup made, on the
+        first use: a server whose namespaces have no limit touches no cgroup)."""
+        with self._lock:
+            if self._limits is None:
+                self._limits = memory_limits.Limits(self.config.get("memory_limit_method", "auto"),
+                                                    server_pids=memory_limits.server_processes)
+                log.info("%s", self._limits.why)
+            return self._limits
+
+    def memory_limit_method(self) -> str:
+        """'cgroup v2', 'cgroup v1' or 'watchdog'."""
+        return self.limits.method
+
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> ProcessKernel:
-        """A kernel with its worker forked and ready."""
-        return ProcessKernel(self.live_forkserver, self.options, self.config["interrupt_grace"])
+        """A kernel with its worker forked and ready, in its memory group if it has a limit."""
+        limit = options.resources.memory
+        if limit is None:
+            limit = self.config.get("memory_limit", 0)
+        group = self.limits.group(namespace_id, limit) if limit else None
+        try:
+            return ProcessKernel(self.live_forkserver, self.options, self.config["interrupt_grace"],
+                                 memory=group)
+        except BaseException:
+            if group is not None:
+                group.close()
+            raise
 
     def close(self) -> None:
-        """Stop the fork server."""
+        """Stop the fork server; remove the server's memory cgroup."""
         with self._lock:
             self.forkserver.close()
+            limits = self._limits
+        if limits is not None:
+            limits.close()
