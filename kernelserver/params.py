@@ -53,6 +53,19 @@ def read_body() -> bytes:
     return raw
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (an empty body is an empty one)."""
+    if not raw.strip():
+        return {}
+    try:
+        body = loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
 def _body_params() -> Mapping[str, Any]:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
@@ -61,15 +74,7 @@ def _body_params() -> Mapping[str, Any]:
     if mimetype == "application/x-www-form-urlencoded":
         return request.form
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        if not raw.strip():
-            return {}
-        try:
-            body = loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        return body
+        return json_object(raw)
     if not raw:
         return request.args
     raise UnsupportedMediaType(

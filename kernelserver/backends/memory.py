@@ -197,21 +197,20 @@ def watchdog(limit: int) -> Group:
 
 def _pss(pid: int) -> int:
     """A process's proportional set size (pages shared with n others count 1/n), else its RSS."""
+    found = proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:") or proc_kib(f"/proc/{pid}/status", "VmRSS:")
+    return (found or 0) * 1024
+
+
+def proc_kib(path: str, key: str) -> int | None:
+    """The `key N kB` value in a /proc file (None where the file or the key is not there)."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
         pass
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return None
 
 
 @dataclass(frozen=True)

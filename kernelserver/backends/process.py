@@ -215,14 +215,8 @@ def _size(count: int) -> str:
 
 def rss_bytes(pid: int) -> int | None:
     """Resident memory of a process, from /proc (None where unavailable)."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    found = memory_limits.proc_kib(f"/proc/{pid}/status", "VmRSS:")
+    return None if found is None else found * 1024
 
 
 class ProcessKernel:

@@ -11,10 +11,9 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..encoding import loads
 from ..errors import BadRequest, KernelServerError, NotFound
 from ..namespace import NamespaceInfo
-from ..params import current_service, read_body
+from ..params import current_service, json_object, read_body
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
@@ -40,16 +39,7 @@ def _model(info: NamespaceInfo) -> dict[str, Any]:
 
 def _body() -> dict[str, Any]:
     # JupyterLab posts JSON as text/plain, jupyter_server as application/json: read it either way.
-    raw = read_body()
-    if not raw.strip():
-        return {}
-    try:
-        body = loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return json_object(read_body())
 
 
 @bp.get("/api")
