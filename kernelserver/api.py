@@ -6,7 +6,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Response
 
-from .backends.base import NamespaceOptions, Resources
+from .backends.base import NamespaceOptions
 from .errors import BadRequest, ServerUnavailable
 from .params import (
     current_service,
@@ -14,7 +14,7 @@ from .params import (
     field_float,
     field_int,
     field_limit,
-    field_memory,
+    field_resources,
     field_str,
     params,
 )
@@ -35,7 +35,7 @@ def health() -> Response:
 def env_create() -> Response:
     data = params()
     namespace_id = field_str(data, "id")
-    options = NamespaceOptions(Resources(memory=field_memory(data, "memory_limit")),
+    options = NamespaceOptions(field_resources(data),
                                cull_idle_after=field_float(data, "cull_idle_after"))
     service = current_service()
     created = service.create(namespace_id, options)

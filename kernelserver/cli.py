@@ -43,6 +43,9 @@ def cli() -> None:
 
 def _preflight(config: dict[str, Any]) -> None:
     """Open the data dir and history once in this process, so problems are one clear line."""
+    missing = BACKENDS[config["backend"]].missing()
+    if missing:
+        fail(f"--backend {config['backend']}: {missing}")
     from .history import History, HistoryError
     from .service import ServerLockError, take_data_dir_lock
 
@@ -67,6 +70,8 @@ def _preflight(config: dict[str, Any]) -> None:
               help="Namespace backend [process].")
 @click.option("--data-dir", default=None, help="History and lock directory "
               "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+@click.option("--ray-address", default=None, help="With --backend ray: the cluster to place "
+              "namespaces on (auto, host:port, ray://host:port) [auto].")
 @click.option("--allow-host", "allow_hosts", multiple=True,
               help="Extra Host header name to accept when bound to loopback (repeatable).")
 @click.option("--allow-origin", "allow_origins", multiple=True,
@@ -78,12 +83,14 @@ def _preflight(config: dict[str, Any]) -> None:
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS private key (PEM).")
 def serve(host: str | None, port: int | None, token: str | None, no_auth: bool | None,
-          backend: str | None, data_dir: str | None, allow_hosts: tuple[str, ...],
+          backend: str | None, data_dir: str | None, ray_address: str | None,
+          allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], threads: int | None, certfile: str | None,
           keyfile: str | None) -> None:
     """Run the server under gunicorn and print its URL and token."""
     overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
                  "backend": backend, "data_dir": data_dir, "threads": threads,
+                 "ray_address": ray_address,
                  "allowed_hosts": allow_hosts or None, "allowed_origins": allow_origins or None}
     try:
         config = load_config(overrides)
@@ -148,16 +155,23 @@ def _write(stream: Any) -> Callable[[str], None]:
 @token_option
 @click.option("--id", "namespace_id", default="default", show_default=True, help="Namespace id.")
 @click.option("--timeout", type=float, default=None, help="Seconds before the cell is stopped.")
+@click.option("--gpus", type=float, default=None,
+              help="GPUs for a new namespace (ray backend: placed on a node with them free).")
+@click.option("--cpus", type=float, default=None, help="CPUs for a new namespace (ray backend).")
+@click.option("--memory", default=None, help="Memory limit of a new namespace, e.g. 16G.")
 @click.argument("code")
-def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None, code: str) -> None:
-    """Run CODE (or - for stdin) in a namespace, streaming its output; exit 1 if it fails."""
+def exec_(url: str, token: str | None, namespace_id: str, timeout: float | None, gpus: float | None,
+          cpus: float | None, memory: str | None, code: str) -> None:
+    """Run CODE (or - for stdin) in a namespace, streaming its output; exit 1 if it fails.
+
+    --gpus, --cpus and --memory apply when this creates the namespace."""
     if code == "-":
         code = sys.stdin.read()
     out, err = _write(sys.stdout), _write(sys.stderr)
     final: ExecutionResult | None = None
     try:
         with _client(url, token) as client:
-            namespace = client.namespace(namespace_id)
+            namespace = client.namespace(namespace_id, num_gpus=gpus, num_cpus=cpus, memory=memory)
             try:
                 for event in namespace.stream(code, timeout=timeout):
                     if isinstance(event, OutputEvent):
@@ -230,6 +244,26 @@ def _gpu_row(probe: dict[str, Any]) -> CheckRow:
     return CheckRow("gpu", False, why)
 
 
+def _cluster_row(cluster: dict[str, Any]) -> CheckRow:
+    """The Ray cluster the server places namespaces on: its live nodes and what they have."""
+    if "error" in cluster:
+        return CheckRow("cluster", False, f"the cluster does not answer: {cluster['error']}")
+    alive = [node for node in cluster.get("nodes", []) if node.get("alive")]
+    total, free = cluster.get("total", {}), cluster.get("available", {})
+    parts = [f"{len(alive)} node(s)"] + [
+        f"{free.get(key, 0):g} of {total[key]:g} {key} free" for key in ("GPU", "CPU") if key in total]
+    return CheckRow("cluster", bool(alive), ", ".join(parts))
+
+
+def _cluster_gpu_row(cluster: dict[str, Any]) -> CheckRow:
+    """--gpu on a cluster: GPUs are the nodes', given to the namespaces that ask for them."""
+    gpus = cluster.get("total", {}).get("GPU", 0)
+    if not gpus:
+        return CheckRow("gpu", False, "no GPU in the cluster")
+    return CheckRow("gpu", True, f"{gpus:g} in the cluster (a namespace gets them with "
+                    '"resources": {"num_gpus": N})')
+
+
 def _code_row(client: Any, code: str) -> CheckRow:
     import secrets as _secrets
 
@@ -266,12 +300,15 @@ def check(url: str, token: str | None, requirements: tuple[str, ...], gpu: bool,
                 probe = {}
             rows.append(CheckRow("server", True, f"kernelserver {info.get('version')} "
                                  f"({info.get('backend')} backend) at {url}"))
+            cluster = info.get("cluster")
+            if cluster is not None:
+                rows.append(_cluster_row(cluster))
             if probe:
                 py = probe.get("python", {})
                 rows.append(CheckRow("python", True, f"{py.get('version')} ({py.get('executable')})"))
             rows += [_requirement_row(spec, probe.get("packages", {})) for spec in requirements]
             if gpu:
-                rows.append(_gpu_row(probe))
+                rows.append(_gpu_row(probe) if cluster is None else _cluster_gpu_row(cluster))
             if code is not None:
                 rows.append(_code_row(client, code))
     except KernelServerError as exc:

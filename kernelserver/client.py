@@ -89,11 +89,24 @@ class Client:
         """Every namespace's info."""
         return list(self._json("GET", "/env/list")["envs"])
 
-    def namespace(self, namespace_id: str = "default", create: bool = True) -> Namespace:
-        """A handle on a namespace, created on the server unless create is False."""
+    def namespace(self, namespace_id: str = "default", create: bool = True, *,
+                  num_gpus: float | None = None, num_cpus: float | None = None,
+                  memory: int | str | None = None, cull_idle_after: float | None = None
+                  ) -> Namespace:
+        """A handle on a namespace, created on the server unless create is False.
+
+        num_gpus and num_cpus place it on a node with them free (ray backend); memory ('16G')
+        is its memory limit; cull_idle_after deletes it after that many idle seconds. A namespace
+        that exists keeps what it was made with."""
         if create:
-            self._json("POST", "/env/create", json_body={"id": namespace_id},
-                       timeout=max(self.timeout, 60.0))
+            body: dict[str, Any] = {"id": namespace_id}
+            resources = {k: v for k, v in (("num_gpus", num_gpus), ("num_cpus", num_cpus),
+                                           ("memory", memory)) if v is not None}
+            if resources:
+                body["resources"] = resources
+            if cull_idle_after is not None:
+                body["cull_idle_after"] = cull_idle_after
+            self._json("POST", "/env/create", json_body=body, timeout=max(self.timeout, 60.0))
         return Namespace(self, namespace_id)
 
     def run(self, code: str, namespace_id: str = "default", **kwargs: Any) -> ExecutionResult:

@@ -132,6 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
             "keepalive event (proxies drop idle connections)."),
     Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "
             "(older ones are read from history)."),
+    Setting("ray_address", "auto", str, "With the ray backend: the cluster to place namespaces "
+            "on (`auto`: the one this machine belongs to; `host:port`; `ray://host:port`)."),
     Setting("memory_limit", 0, parse_size, "Default memory limit per namespace (its worker and "
             "every process it starts; bytes, or `512M`, `2G`); 0 for none. A cell that goes past it "
             "is stopped with `MemoryLimitExceeded` and the namespace restarted. `/env/create` may "

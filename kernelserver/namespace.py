@@ -19,6 +19,9 @@ from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceEvent, NamespaceSubscription, Relay
 
 log = logging.getLogger("kernelserver")
+# A backend bounds its own start by start_timeout and says why it failed (no node had room...);
+# callers wait this much longer, so that reason reaches them rather than a bare "did not start".
+START_GRACE = 2.0
 RESERVE_BLOCK = 64  # execution counts put on disk at once: one synchronous write per 64 cells
 
 
@@ -136,8 +139,9 @@ class Namespace:
         self._run_loop()
 
     def wait_started(self, timeout: float) -> None:
-        """Block until the kernel is up; NamespaceUnavailable if it failed or took over timeout s."""
-        if not self._started.wait(timeout):
+        """Block until the kernel is up; NamespaceUnavailable if it failed or took over timeout s
+        (and START_GRACE more, for the backend's own reason)."""
+        if not self._started.wait(timeout + START_GRACE):
             self._start_failed(f"namespace {self.id!r} did not start within {timeout:g} s "
                                "(start_timeout); it was abandoned")
         with self._lock:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
+from .backends.base import Resources
 from .config import MIN_MEMORY_LIMIT, parse_size
 from .encoding import loads
 from .errors import (
@@ -152,6 +153,50 @@ def field_memory(data: Mapping[str, Any], name: str) -> int | None:
         raise BadRequest(f"field {name!r} must be 0 (none) or at least {MIN_MEMORY_LIMIT >> 20} MiB "
                          "(a worker's interpreter alone takes ~30 MiB)")
     return size
+
+
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory")
+
+
+def field_resources(data: Mapping[str, Any]) -> Resources:
+    """A namespace's `resources` ({"num_gpus": 1, "num_cpus": 4, "memory": "16G"}, a JSON text
+    in a form) with `memory_limit`, which is the same memory."""
+    value = data.get("resources")
+    if isinstance(value, str) and value.strip():
+        try:
+            value = loads(value)
+        except ValueError:
+            raise BadRequest("field 'resources' must be a JSON object") from None
+    if value in (None, ""):
+        value = {}
+    if not isinstance(value, Mapping):
+        raise BadRequest("field 'resources' must be an object such as "
+                         '{"num_gpus": 1, "num_cpus": 4, "memory": "16G"}')
+    unknown = sorted(set(value) - set(RESOURCE_KEYS))
+    if unknown:
+        raise BadRequest(f"resources {unknown} are not known: use {', '.join(RESOURCE_KEYS)}")
+    counts = {name: _count(value, name) for name in ("num_cpus", "num_gpus")}
+    memory = field_memory(value, "memory")
+    limit = field_memory(data, "memory_limit")
+    if memory is not None and limit is not None and memory != limit:
+        raise BadRequest("resources.memory and memory_limit are the same thing and differ here; "
+                         "give one")
+    return Resources(memory=limit if memory is None else memory, **counts)
+
+
+def _count(data: Mapping[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest(f"resources.{name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(f"resources.{name} must be a number, not {value!r}") from None
+    if not 0 <= number <= 4096:
+        raise BadRequest(f"resources.{name} must be between 0 and 4096")
+    return number
 
 
 def field_bool(data: Mapping[str, Any], name: str) -> bool:

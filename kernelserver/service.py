@@ -118,6 +118,8 @@ class Service:
 
     def create(self, namespace_id: str, options: NamespaceOptions | None = None) -> bool:
         """Start a namespace unless it exists; True if this call created it."""
+        if options is not None:
+            self.backend.validate(options)
         return self.registry.create(namespace_id, options)[1]
 
     def delete(self, namespace_id: str) -> None:
@@ -285,6 +287,7 @@ class Service:
             "limits": self.limits(),
             "namespaces": len(self.registry.ids()),
             "probe": self.probe(),
+            **({"cluster": cluster} if (cluster := self.backend.cluster()) is not None else {}),
         }
 
     def stop(self, grace: float) -> None:

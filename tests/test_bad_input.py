@@ -59,6 +59,10 @@ def wrong_values(schema: dict[str, Any]) -> Iterator[tuple[Any, str]]:
         yield from (("lots", "bad_request"), ("12 parsecs", "bad_request"), ([1], "bad_request"),
                     ({}, "bad_request"), (True, "bad_request"), (-1, "bad_request"),
                     (1000, "bad_request"), (2**70, "bad_request"))
+    elif schema.get("type") == "object":  # resources
+        yield from ((5, "bad_request"), (["num_gpus"], "bad_request"), ({"bogus": 1}, "bad_request"),
+                    ({"num_gpus": -1}, "bad_request"), ({"num_cpus": "many"}, "bad_request"),
+                    ({"memory": "lots"}, "bad_request"), ("{not json", "bad_request"))
     elif is_id:
         yield from ((5, "bad_request"), (["a"], "bad_request"), ({"a": 1}, "bad_request"),
                     ("", "invalid_id"), ("../etc", "invalid_id"), ("x" * 65, "invalid_id"))

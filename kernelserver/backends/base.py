@@ -129,5 +129,11 @@ class Backend(Protocol):
     def memory_limit_method(self) -> str:
         """How it keeps namespaces' memory limits ('cgroup v2', 'watchdog', ...; 'none')."""
 
+    def validate(self, options: NamespaceOptions) -> None:
+        """Refuse (BadRequest) what this backend cannot give a namespace, before it is made."""
+
+    def cluster(self) -> dict[str, Any] | None:
+        """The cluster's nodes and resources, where namespaces are placed on one (else None)."""
+
     def close(self) -> None:
         """Release what the backend shares between its kernels."""

@@ -86,6 +86,9 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_w, False)
+    # A parent that blocks signals (a Ray worker blocks SIGINT) passes the mask on through fork
+    # and exec: cleared here, or no interrupt would ever reach a worker.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *args: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

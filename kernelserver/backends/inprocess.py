@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from .. import introspect
-from ..errors import NamespaceUnavailable
+from ..errors import BadRequest, NamespaceUnavailable
 from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
 from .base import ExitReason, NamespaceOptions, OutputSink, timed_out
@@ -212,6 +212,19 @@ class InProcessBackend:
     def healthy(self) -> bool:
         """Always: cells run in this process."""
         return True
+
+    def validate(self, options: NamespaceOptions) -> None:
+        """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
+        asked = [name for name in ("num_cpus", "num_gpus")
+                 if getattr(options.resources, name) is not None]
+        if asked:
+            raise BadRequest(f"resources {', '.join(asked)} need the ray backend, which places "
+                             "namespaces on a cluster; this server runs the inprocess backend "
+                             "(memory is a limit on every backend)")
+
+    def cluster(self) -> dict[str, Any] | None:
+        """Not a cluster."""
+        return None
 
     def memory_limit_method(self) -> str:
         """None: namespaces share the server's memory."""

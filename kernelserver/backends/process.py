@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from ..errors import NamespaceUnavailable
+from ..errors import BadRequest, NamespaceUnavailable
 from ..results import Cell, Outcome
 from . import memory as memory_limits
 from . import protocol, rings
@@ -560,6 +560,19 @@ class ProcessBackend:
                                                     server_pids=memory_limits.server_processes)
                 log.info("%s", self._limits.why)
             return self._limits
+
+    def validate(self, options: NamespaceOptions) -> None:
+        """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
+        asked = [name for name in ("num_cpus", "num_gpus")
+                 if getattr(options.resources, name) is not None]
+        if asked:
+            raise BadRequest(f"resources {', '.join(asked)} need the ray backend, which places "
+                             "namespaces on a cluster; this server runs the process backend "
+                             "(memory is a limit on every backend)")
+
+    def cluster(self) -> dict[str, Any] | None:
+        """Not a cluster."""
+        return None
 
     def memory_limit_method(self) -> str:
         """'cgroup v2', 'cgroup v1' or 'watchdog'."""

@@ -11,9 +11,10 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
+from ..backends.base import NamespaceOptions, Resources
 from ..errors import BadRequest, KernelServerError, NotFound
 from ..namespace import NamespaceInfo
-from ..params import current_service, json_object, read_body
+from ..params import current_service, field_resources, json_object, read_body
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
@@ -33,8 +34,32 @@ def current_kernels() -> Kernels:
 
 def _model(info: NamespaceInfo) -> dict[str, Any]:
     # last_activity must be exactly %Y-%m-%dT%H:%M:%S.%fZ: jupyter_server parses it so.
-    return {"id": info.id, "name": replies.KERNEL_NAME, "last_activity": info.last_activity,
-            "execution_state": info.state, "connections": current_kernels().connections(info.id)}
+    model: dict[str, Any] = {
+        "id": info.id, "name": replies.KERNEL_NAME, "last_activity": info.last_activity,
+        "execution_state": info.state, "connections": current_kernels().connections(info.id)}
+    # Where it runs and what it got (ray backend), and its limits: clients ignore unknown keys.
+    placed = {k: info.details[k] for k in ("node", "resources", "cuda_visible_devices")
+              if k in info.details}
+    model["kernelserver"] = {**placed, **info.limits()}
+    return model
+
+
+# Enterprise Gateway's names for a kernel's resources in the start request's env (JupyterLab
+# forwards KERNEL_* variables of its own environment through --gateway-url).
+ENV_RESOURCES = {"KERNEL_GPUS": "num_gpus", "KERNEL_CPUS": "num_cpus", "KERNEL_MEMORY": "memory"}
+
+
+def _options(env: dict[str, Any]) -> NamespaceOptions:
+    asked = {name: env[key] for key, name in ENV_RESOURCES.items() if env.get(key) not in (None, "")}
+    options = NamespaceOptions(field_resources({"resources": asked}))
+    try:
+        current_service().backend.validate(options)
+    except BadRequest as exc:
+        # A JupyterLab forwards its environment to any server: what this backend cannot place
+        # is left out rather than refused (memory, a limit everywhere, stays).
+        log.info("kernel start: %s; started without CPUs and GPUs", exc)
+        options = NamespaceOptions(Resources(memory=options.resources.memory))
+    return options
 
 
 def _body() -> dict[str, Any]:
@@ -79,9 +104,10 @@ def start_kernel() -> Response:
     env = body.get("env")
     if env is not None and not isinstance(env, dict):
         raise BadRequest("env must be an object")
+    options = _options(env or {})
     service = current_service()
     kernel_id = str(uuid.uuid4())  # jupyter_server routes only dashed UUIDs to a gateway
-    service.create(kernel_id)
+    service.create(kernel_id, options)
     response = json_response(_model(service.describe(kernel_id, with_variables=False)), 201)
     response.headers["Location"] = f"/api/kernels/{kernel_id}"
     return response
