@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, auth, jupyter
+from . import __version__, auth, console, jupyter
 from .api import bp as v1
 from .config import is_loopback, load_config
 from .errors import (
@@ -102,6 +102,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["kernelserver.on_stop"] = [lambda: service.stop(settings["interrupt_grace"])]
     app.register_blueprint(v1)
     jupyter.register(app, service)
+    console.register(app)
     app.extensions["kernelserver.on_stop"].append(service.stop_namespaces)
     app.register_error_handler(KernelServerError, render_error)
     app.register_error_handler(HTTPException, _http_error)

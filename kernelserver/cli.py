@@ -124,6 +124,12 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
                        "prefer KERNELSERVER_TOKEN, or let serve generate one", err=True)
     else:
         click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
+    # The fragment never reaches the server (nor its log); the page moves it to sessionStorage.
+    if config["token"] and generated:
+        click.echo(f"console: {url}/#token={config['token']}", err=True)
+    else:
+        click.echo(f"console: {url}/" + ("#token=$KERNELSERVER_TOKEN" if config["token"] else ""),
+                   err=True)
     if config["token"]:
         shown_token = config["token"] if generated else "$KERNELSERVER_TOKEN"
         click.echo(f"jupyter: jupyter lab --gateway-url={url} --GatewayClient.auth_token="

@@ -1,0 +1,315 @@
+"""The web console in a real headless Chromium (Selenium + Debian's chromium and chromedriver).
+
+The server is a real `kernelserver serve` that generates its token; the browser opens the URL
+the server printed, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from conftest import LiveServer, start_server, wait_until
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+except ImportError:  # pragma: no cover - the test extra installs it
+    webdriver = None
+
+if webdriver is None or not CHROMIUM or not CHROMEDRIVER:
+    pytest.skip("needs selenium and a Chromium with its chromedriver "
+                "(apt-get install chromium chromium-driver; .ci/run installs them)",
+                allow_module_level=True)
+
+# Chromium's own background traffic (updates, sync, safe browsing) stays off: loopback only.
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-quic", "--no-first-run", "--disable-default-apps", "--window-size=1280,860"]
+WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real server that made its own token, as `kernelserver serve` run by hand does."""
+    live = start_server(tmp_path_factory.mktemp("console"), token="")
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def printed_url(server: LiveServer) -> str:
+    """The console URL the server printed at start."""
+    found = re.search(r"^console: (\S+)$", server.output(), re.M)
+    assert found, server.output()
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    try:
+        driver = webdriver.Chrome(options=options, service=service)
+    except WebDriverException as exc:  # pragma: no cover - an installed but broken browser
+        pytest.fail(f"Chromium did not start: {exc.msg}")
+    driver.set_script_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser: WebDriver, printed_url: str) -> WebDriver:
+    """The console, logged in through the printed URL, on namespace default."""
+    browser.get(printed_url.split("#")[0])
+    browser.execute_script("sessionStorage.clear()")
+    browser.get("about:blank")
+    browser.get(printed_url)
+    wait_for(lambda: browser.find_element(By.ID, "app").is_displayed())
+    return browser
+
+
+def wait_for(predicate: Any, timeout: float = WAIT) -> None:
+    assert wait_until(lambda: _safe(predicate), timeout, 0.05), "the page did not get there in time"
+
+
+def _safe(predicate: Any) -> bool:
+    try:
+        return bool(predicate())
+    except WebDriverException:
+        return False
+
+
+def run_cell(driver: WebDriver, code: str) -> WebElement:
+    """Type code into the editor as a user would, Shift+Enter, and give back the new cell."""
+    before = len(driver.find_elements(By.CSS_SELECTOR, "#cells .cell"))
+    editor = driver.find_element(By.ID, "editor")
+    editor.click()
+    # Lines one by one: the editor indents after a colon itself, as a code editor does.
+    lines = code.split("\n")
+    for index, line in enumerate(lines):
+        editor.send_keys(line.lstrip() if index else line)
+        if index < len(lines) - 1:
+            editor.send_keys(Keys.ENTER)
+            given = indent(line) + (4 if line.rstrip().endswith(":") else 0)
+            wanted = indent(lines[index + 1])
+            editor.send_keys(Keys.BACKSPACE * (given - wanted) if given > wanted
+                             else " " * (wanted - given))
+    editor.send_keys(Keys.SHIFT, Keys.ENTER)
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#cells .cell")) > before)
+    return driver.find_elements(By.CSS_SELECTOR, "#cells .cell")[-1]
+
+
+def indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def finished(cell: WebElement) -> bool:
+    return cell.get_attribute("data-status") is not None
+
+
+def prompt(cell: WebElement) -> str:
+    return cell.find_element(By.CLASS_NAME, "prompt").text
+
+
+def test_the_printed_url_opens_a_working_console(browser: WebDriver, printed_url: str,
+                                                 server: LiveServer) -> None:
+    assert printed_url.startswith(server.url + "/#token=")
+    browser.get(printed_url)
+    wait_for(lambda: browser.find_element(By.ID, "app").is_displayed())
+    # The token left the address bar for this tab's storage; the editor has the keyboard.
+    assert "token" not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('kernelserver.token')") \
+        == printed_url.split("#token=")[1]
+    assert browser.switch_to.active_element.get_attribute("id") == "editor"
+    cell = run_cell(browser, "print('hello from the console')\n6 * 7")
+    wait_for(lambda: finished(cell))
+    assert "hello from the console" in cell.find_element(By.CSS_SELECTOR, ".out pre.stdout").text
+    assert cell.find_element(By.CSS_SELECTOR, ".out .result pre").text == "42"
+    assert re.fullmatch(r"\[\d+\]", prompt(cell))
+    assert cell.get_attribute("data-status") == "ok"
+
+
+def test_the_page_is_locked_down(server: LiveServer) -> None:
+    answer = requests.get(server.url + "/", timeout=10)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/html")
+    csp = answer.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert not any(h.lower().startswith("access-control") for h in answer.headers)
+    # The page holds no data: no token, no namespace, nothing but the app.
+    assert server.token == "" and "token=" not in answer.text.split("placeholder")[0]
+    # Everything it calls still needs the token.
+    assert requests.get(server.url + "/env/list", timeout=10).status_code == 401
+    # POST / is still the execute route.
+    assert requests.post(server.url + "/", data={"code": "1+1"}, timeout=10).status_code == 401
+
+
+def test_a_plot_appears_as_an_image(page: WebDriver) -> None:
+    cell = run_cell(page, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])")
+    wait_for(lambda: finished(cell))
+    image = cell.find_element(By.CSS_SELECTOR, ".out .display img")
+    assert image.get_attribute("src").startswith("data:image/png;base64,iVBOR")
+    wait_for(lambda: page.execute_script("return arguments[0].naturalWidth", image) > 100)
+
+
+def test_output_arrives_live(page: WebDriver) -> None:
+    cell = run_cell(page, "import time\nfor i in range(4):\n    print('tick', i, flush=True)\n"
+                          "    time.sleep(1)")
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and not finished(cell):
+        text = cell.find_element(By.CLASS_NAME, "out").text
+        for tick in ("tick 0", "tick 3"):
+            if tick in text and tick not in seen:
+                seen[tick] = time.monotonic()
+                if tick == "tick 0":
+                    assert prompt(cell) == "[*]"  # still running when the first line shows
+        time.sleep(0.05)
+    assert finished(cell) and set(seen) == {"tick 0", "tick 3"}, cell.text
+    assert seen["tick 3"] - seen["tick 0"] > 2.0, seen
+
+
+def test_a_progress_bar_is_one_line_that_moves(page: WebDriver) -> None:
+    cell = run_cell(page, "from tqdm import tqdm\nimport time\nfor i in tqdm(range(5), ascii=True):\n"
+                          "    time.sleep(0.3)")
+    wait_for(lambda: finished(cell))
+    text = cell.find_element(By.CSS_SELECTOR, ".out pre.stderr").text
+    bars = [line for line in text.splitlines() if "%|" in line]
+    assert len(bars) == 1 and "100%" in bars[0], text
+
+
+def test_an_error_shows_its_name_and_traceback(page: WebDriver) -> None:
+    cell = run_cell(page, "def f():\n    return 1 / 0\nf()")
+    wait_for(lambda: finished(cell))
+    assert cell.get_attribute("data-status") == "error"
+    error = cell.find_element(By.CSS_SELECTOR, ".out pre.error")
+    assert error.get_attribute("data-ename") == "ZeroDivisionError"
+    assert "Traceback" in error.text and "ZeroDivisionError: division by zero" in error.text
+    assert "return 1 / 0" in error.text
+
+
+def test_interrupt_stops_a_running_cell(page: WebDriver) -> None:
+    cell = run_cell(page, "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    wait_for(lambda: "sleeping" in cell.find_element(By.CLASS_NAME, "out").text)
+    began = time.monotonic()
+    page.find_element(By.CSS_SELECTOR, "button[title='Interrupt']").click()
+    wait_for(lambda: finished(cell), timeout=15)
+    assert time.monotonic() - began < 15
+    assert cell.get_attribute("data-status") == "interrupted"
+    assert "KeyboardInterrupt" in cell.find_element(By.CSS_SELECTOR, ".out pre.error").text
+    assert "sleeping" in cell.find_element(By.CSS_SELECTOR, ".out pre.stdout").text
+
+
+def test_html_output_stays_in_a_sandboxed_frame(page: WebDriver) -> None:
+    code = ("import pandas as pd\n"
+            "class Evil:\n"
+            "    def _repr_html_(self):\n"
+            "        return '<b id=evil>bold</b><img src=x onerror=\"parent.document.title=1\">'\n"
+            "display(Evil())\n"
+            "pd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
+    cell = run_cell(page, code)
+    wait_for(lambda: finished(cell))
+    frames = cell.find_elements(By.CSS_SELECTOR, "iframe.html-output")
+    assert len(frames) == 2
+    assert all(frame.get_attribute("sandbox") == "" for frame in frames)
+    assert "<table" in frames[1].get_attribute("srcdoc")
+    time.sleep(0.5)  # time for an onerror to fire, had it been allowed to
+    assert page.title == "kernelserver"
+    assert not page.find_elements(By.ID, "evil")  # never part of the page itself
+
+
+def test_namespaces_and_history(page: WebDriver) -> None:
+    page.find_element(By.ID, "new-id").send_keys("exp-console", Keys.ENTER)
+    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == "exp-console")
+    row = "#namespaces tr[data-id='exp-console']"
+    wait_for(lambda: page.find_element(By.CSS_SELECTOR, row + " .state").text == "idle")
+    first = run_cell(page, "x = 20\nprint('first cell')")
+    wait_for(lambda: finished(first))
+    second = run_cell(page, "x + 1")
+    wait_for(lambda: finished(second))
+    assert second.find_element(By.CSS_SELECTOR, ".result pre").text == "21"
+    assert page.find_element(By.CSS_SELECTOR, row + " td:nth-child(3)").text.endswith("MiB")
+    # History, newest first: show an old cell's output again, or copy its code to the editor.
+    wait_for(lambda: len(page.find_elements(By.CSS_SELECTOR, "#history li")) == 2)
+    entries = page.find_elements(By.CSS_SELECTOR, "#history li")
+    assert entries[1].text.startswith("[1] x = 20")
+    entries[1].find_element(By.CLASS_NAME, "show").click()
+    wait_for(lambda: "first cell" in page.find_elements(By.CSS_SELECTOR, "#cells .cell")[-1].text)
+    assert "from history" in page.find_elements(By.CSS_SELECTOR, "#cells .cell")[-1].text
+    entries[1].find_element(By.CLASS_NAME, "copy").click()
+    assert page.find_element(By.ID, "editor").get_attribute("value") == "x = 20\nprint('first cell')"
+    page.find_element(By.ID, "editor").clear()
+    # Restart empties it; delete (two clicks) removes it.
+    restart = page.find_element(By.ID, "restart")
+    restart.click()
+    restart.click()
+    failed = run_cell(page, "x")
+    wait_for(lambda: finished(failed))
+    assert "NameError" in failed.text
+    delete = page.find_element(By.CSS_SELECTOR, row + " button.delete")
+    delete.click()
+    delete.click()
+    wait_for(lambda: not page.find_elements(By.CSS_SELECTOR, row))
+    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == "default")
+
+
+def test_without_a_token_it_asks_and_a_wrong_one_says_so(browser: WebDriver, printed_url: str,
+                                                         server: LiveServer) -> None:
+    browser.get(server.url + "/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get("about:blank")
+    browser.get(server.url + "/")
+    wait_for(lambda: browser.find_element(By.ID, "login").is_displayed())
+    assert not browser.find_element(By.ID, "app").is_displayed()
+    assert "needs its token" in browser.find_element(By.ID, "login-error").text
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("not-the-token", Keys.ENTER)
+    wait_for(lambda: "wrong token" in browser.find_element(By.ID, "login-error").text)
+    assert not browser.find_element(By.ID, "app").is_displayed()
+    field.send_keys(printed_url.split("#token=")[1], Keys.ENTER)
+    wait_for(lambda: browser.find_element(By.ID, "app").is_displayed())
+    cell = run_cell(browser, "'pasted'")
+    wait_for(lambda: finished(cell))
+    assert cell.find_element(By.CSS_SELECTOR, ".result pre").text == "'pasted'"
+
+
+def test_screenshot_mid_run(page: WebDriver, tmp_path: Path) -> None:
+    """The README's picture: a plot and a live loop, taken while the loop runs."""
+    plot = run_cell(page, "import numpy as np, matplotlib.pyplot as plt\n"
+                          "plt.figure(figsize=(6, 2.4))\n"
+                          "x = np.linspace(0, 6, 200)\n"
+                          "plt.plot(x, np.sin(x)); plt.title('sin'); plt.show()")
+    wait_for(lambda: finished(plot))
+    loop = run_cell(page, "import time\nfor step in range(6):\n"
+                          "    print(f'step {step}: loss {1 / (step + 1):.3f}', flush=True)\n"
+                          "    time.sleep(0.5)")
+    wait_for(lambda: "step 2" in loop.text)
+    assert not finished(loop)
+    path = tmp_path / "console.png"
+    assert page.save_screenshot(str(path))
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+    target = os.environ.get("KERNELSERVER_SCREENSHOT")  # docs/console.png when refreshing the README
+    if target:
+        shutil.copyfile(path, target)
+    wait_for(lambda: finished(loop))
