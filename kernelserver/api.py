@@ -11,15 +11,17 @@ from .errors import BadRequest, ServerUnavailable
 from .params import (
     current_service,
     field_bool,
+    field_code,
     field_float,
     field_int,
     field_limit,
     field_resources,
     field_str,
+    field_stream,
     params,
 )
 from .results import Cell
-from .streaming import execution_response, json_response, ndjson_response
+from .streaming import execution_response, json_response, stream_response
 
 bp = Blueprint("v1", __name__)
 
@@ -82,17 +84,18 @@ def env_restart() -> Response:
 def execute() -> Response:
     data = params()
     namespace_id = field_str(data, "id", "default")
-    code = field_str(data, "code")
+    code = field_code(data)
     timeout = field_float(data, "timeout")
     wait = field_float(data, "wait")
-    stream = field_bool(data, "stream")
+    stream = field_stream(data)
     cancel = field_bool(data, "cancel_on_disconnect")
     cell = Cell(code, timeout, output_cap=field_limit(data, "output_cap_bytes"),
                 repr_limit=field_limit(data, "repr_limit_bytes"))
     service = current_service()
     if stream:
         execution = service.submit(namespace_id, cell)
-        return ndjson_response(service.stream(execution, cancel_on_disconnect=cancel))
+        return stream_response(service.stream(execution, cancel_on_disconnect=cancel),
+                               as_text=stream == "text")
     # A caller that waits for the end may run the cell on its own thread (see Namespace.submit).
     execution = service.submit(namespace_id, cell, inline=wait is None)
     service.wait(execution, wait)
@@ -105,11 +108,11 @@ def env_execution() -> Response:
     namespace_id = field_str(data, "id")
     n = field_int(data, "n")
     wait = field_float(data, "wait")
-    stream = field_bool(data, "stream")
+    stream = field_stream(data)
     service = current_service()
     execution = service.execution(namespace_id, n)
     if stream:
-        return ndjson_response(service.stream(execution))
+        return stream_response(service.stream(execution), as_text=stream == "text")
     service.wait(execution, wait or 0.0)
     return execution_response(execution)
 

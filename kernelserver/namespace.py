@@ -38,6 +38,7 @@ class NamespaceInfo:
     variables: list[dict[str, Any]] | None = None  # only when asked for
     memory_limit: int = 0  # bytes; 0 for none
     cull_idle_after: float = 0.0  # seconds; 0 never
+    running: int | None = None  # the execution_count of the cell running now
 
     def limits(self) -> dict[str, Any]:
         """The namespace's limits as its JSON shows them."""
@@ -48,7 +49,7 @@ class NamespaceInfo:
         data: dict[str, Any] = {"id": self.id, "state": self.state,
                                 "execution_count": self.execution_count,
                                 "created_at": self.created_at, "last_activity": self.last_activity,
-                                **self.limits()}
+                                "running": self.running, **self.limits()}
         data.update(self.details)
         if self.variables is not None:
             data["variables"] = self.variables
@@ -404,10 +405,12 @@ class Namespace:
     def info(self, with_variables: bool = False) -> NamespaceInfo:
         """The namespace's state, counters, the backend's details and, if asked, its variables."""
         kernel = self.kernel
+        current = self._current
         return NamespaceInfo(
             id=self.id, state=self.state, execution_count=self.execution_count,
             created_at=self.created_at, last_activity=self.last_activity,
             details=kernel.details() if kernel is not None else {},
             variables=(kernel.variables() if kernel is not None else []) if with_variables else None,
             memory_limit=self.memory_limit, cull_idle_after=self.cull_idle_after,
+            running=current.execution_count if current is not None else None,
         )

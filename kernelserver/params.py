@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
@@ -67,12 +69,24 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _is_json(raw: bytes) -> bool:
+    try:
+        loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def _body_params() -> Mapping[str, Any]:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         return request.form  # werkzeug's multipart parser refuses an oversize body itself
     raw = read_body()  # read (and bounded) first: a form is then parsed from what was read
     if mimetype == "application/x-www-form-urlencoded":
+        if raw.lstrip()[:1] in (b"{", b"[") and _is_json(raw):
+            # curl -d sends a form unless told otherwise: the fields would be lost in the form.
+            raise BadRequest("the body is JSON but its Content-Type says form (curl -d's "
+                             "default): add -H 'Content-Type: application/json'")
         return request.form
     if mimetype == "application/json" or mimetype.endswith("+json"):
         return json_object(raw)
@@ -197,6 +211,51 @@ def _count(data: Mapping[str, Any], name: str) -> float | None:
     if not 0 <= number <= 4096:
         raise BadRequest(f"resources.{name} must be between 0 and 4096")
     return number
+
+
+def field_stream(data: Mapping[str, Any]) -> str | None:
+    """How to stream the answer: "ndjson", "text", or None for one JSON answer.
+
+    `stream: true` streams NDJSON, `stream: "text"` plain text; `Accept: text/plain` (preferred
+    to JSON) asks for the text stream too, unless the request says `stream: false`."""
+    if data.get("stream") == "text":
+        return "text"
+    explicit = data.get("stream") not in (None, "")
+    wanted = field_bool(data, "stream")
+    if explicit and not wanted:
+        return None
+    accept = request.accept_mimetypes
+    prefers_text = (accept.best_match(["application/json", "application/x-ndjson", "text/plain"])
+                    == "text/plain")
+    if prefers_text:
+        return "text"
+    return "ndjson" if wanted else None
+
+
+def field_code(data: Mapping[str, Any]) -> str:
+    """The code field; a form body whose '+' became spaces gets a hint instead of a SyntaxError."""
+    code = field_str(data, "code")
+    if request.mimetype != "application/x-www-form-urlencoded" or b"+" not in read_body():
+        return code
+    if _compiles(code):
+        return code
+    literal = dict(parse_qsl(read_body().decode("latin-1").replace("+", "%2B"),
+                             keep_blank_values=True)).get("code")
+    if literal is not None and literal != code and _compiles(literal):
+        raise BadRequest(
+            "field 'code' does not compile as received: in a form body '+' means a space, so "
+            f"{literal[:40]!r} arrived as {code[:40]!r}. Send it with curl's --data-urlencode "
+            "'code=…' (which encodes '+'), or as JSON")
+    return code
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 def field_bool(data: Mapping[str, Any], name: str) -> bool:

@@ -15,7 +15,7 @@ from .namespace import Namespace
 
 log = logging.getLogger("kernelserver")
 CULL_CHECK = 1.0  # seconds between looks for namespaces idle past their cull_idle_after
-CULLED_REMEMBERED = 1000  # culled ids whose 404 says so
+CULLED_REMEMBERED = 1000  # culled (and deleted) ids whose 404 says so
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_ID = "default"
@@ -43,6 +43,8 @@ class Registry:
         self._namespaces: dict[str, Namespace] = {}
         self._lock = threading.Lock()
         self._culled: OrderedDict[str, str] = OrderedDict()  # id -> why its 404 says it is gone
+        # ids deleted since the server started, so their 404 can say so (the newest only)
+        self._deleted: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
         self._culler = threading.Thread(target=self._cull_loop, name="culler", daemon=True)
         self._culler.start()
@@ -70,6 +72,7 @@ class Registry:
                     self.config, self.history, on_failed=self._forget, options=chosen)
                 self._namespaces[namespace_id] = namespace
                 self._culled.pop(namespace_id, None)
+                self._deleted.pop(namespace_id, None)
         namespace.wait_started(self.config["start_timeout"])
         return namespace, created
 
@@ -85,12 +88,24 @@ class Registry:
         with self._lock:
             found = self._namespaces.get(namespace_id)
         if found is None:
-            culled = self._culled.get(namespace_id)
-            raise NamespaceNotFound(
-                culled or f"no namespace {namespace_id!r}; create it with POST /env/create",
-                id=namespace_id,
-            )
+            raise NamespaceNotFound(self._missing(namespace_id), id=namespace_id)
         return found
+
+    def _missing(self, namespace_id: str) -> str:
+        """Why there is no such namespace, as far as the server knows, and what to do."""
+        culled = self._culled.get(namespace_id)
+        if culled:
+            return culled
+        with self._lock:
+            deleted = namespace_id in self._deleted
+        if self.history is not None:
+            self.history.flush(timeout=2.0)  # the last cells' rows may still be queued
+        if self.history is not None and self.history.has(namespace_id):
+            gone = ("it was deleted" if deleted else
+                    "namespaces do not survive a restart of the server")
+            return (f"no namespace {namespace_id!r} now: {gone}, but its history does "
+                    f"(GET /env/history?id={namespace_id}); create it again with POST /env/create")
+        return f"no namespace {namespace_id!r}; create it with POST /env/create"
 
     def get_or_create_default(self, namespace_id: str) -> Namespace:
         """The namespace; the default one is created on first use."""
@@ -103,8 +118,12 @@ class Registry:
         validate_id(namespace_id)
         with self._lock:
             namespace = self._namespaces.pop(namespace_id, None)
+            if namespace is not None:
+                self._deleted[namespace_id] = None
+                while len(self._deleted) > CULLED_REMEMBERED:
+                    self._deleted.popitem(last=False)
         if namespace is None:
-            raise NamespaceNotFound(f"no namespace {namespace_id!r}", id=namespace_id)
+            raise NamespaceNotFound(self._missing(namespace_id), id=namespace_id)
         namespace.close()
 
     def ids(self) -> list[str]:

@@ -59,6 +59,9 @@ def wrong_values(schema: dict[str, Any]) -> Iterator[tuple[Any, str]]:
         yield from (("lots", "bad_request"), ("12 parsecs", "bad_request"), ([1], "bad_request"),
                     ({}, "bad_request"), (True, "bad_request"), (-1, "bad_request"),
                     (1000, "bad_request"), (2**70, "bad_request"))
+    elif [t.get("type", t.get("const")) for t in schema.get("oneOf", [])] == ["boolean", "text"]:
+        yield from (("maybe", "bad_request"), ("TEXT", "bad_request"), (2, "bad_request"),
+                    ([True], "bad_request"))  # stream: true/false or "text"
     elif schema.get("type") == "object":  # resources
         yield from ((5, "bad_request"), (["num_gpus"], "bad_request"), ({"bogus": 1}, "bad_request"),
                     ({"num_gpus": -1}, "bad_request"), ({"num_cpus": "many"}, "bad_request"),

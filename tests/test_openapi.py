@@ -26,13 +26,15 @@ def test_document_is_served_without_a_token(make_app: Callable[..., Flask]) -> N
 
 
 def test_every_route_is_documented_and_nothing_else(make_app: Callable[..., Flask]) -> None:
-    # The document is the v1 API's; the Jupyter API (/api/...) follows Jupyter Server's own.
+    # The document is the v1 API's and the console page's; the Jupyter API (/api/...) follows
+    # Jupyter Server's own, and the console's script and style are files of the page.
     app = make_app(backend="inprocess")
-    routes = {(m.lower(), r.rule) for r in app.url_map.iter_rules() if r.endpoint.startswith("v1.")
+    routes = {(m.lower(), r.rule) for r in app.url_map.iter_rules()
+              if r.endpoint.startswith("v1.") or r.endpoint == "console.page"
               for m in r.methods or () if m not in ("HEAD", "OPTIONS")}
-    others = {r.endpoint.split(".")[0] for r in app.url_map.iter_rules()
-              if not r.endpoint.startswith("v1.") and r.endpoint != "static"}
-    assert others == {"jupyter"}
+    others = {r.endpoint for r in app.url_map.iter_rules()
+              if r.endpoint.split(".")[0] not in ("v1", "jupyter", "static")}
+    assert others == {"console.page", "console.asset"}
     documented = {(m, p) for p, ops in SPEC["paths"].items() for m in ops}
     assert routes == documented
 

@@ -1,0 +1,81 @@
+"""Plain-text streams for terminals: `curl -N -H 'Accept: text/plain'` shows output as it comes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from conftest import LiveServer, start_server
+
+STATUS = "--- kernelserver: "
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("text"))
+    yield live
+    live.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_with_accept_text_plain_shows_output_live_then_a_status_line(server: LiveServer) -> None:
+    code = ("import sys, time\n"
+            "for i in range(3):\n"
+            "    sys.stderr.write(f'\\r{(i + 1) * 33}%|' + '#' * i); sys.stderr.flush(); time.sleep(0.8)\n"
+            "print('done')\n"
+            "6 * 7")
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        ["curl", "-sN", "-H", f"Authorization: Bearer {server.token}", "-H", "Accept: text/plain",
+         "--data-urlencode", f"code={code}", server.url + "/execute"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+    first_at = time.monotonic() - began
+    rest, _ = proc.communicate(timeout=30)
+    body = (first + rest).decode()
+    assert proc.returncode == 0
+    assert first.startswith(b"\r33%|") and first_at < 1.5, (first, first_at)  # live, not at the end
+    assert "\r33%|\r66%|#\r99%|##done\n42\n" in body
+    assert body.splitlines()[-1].startswith(STATUS + "status=ok execution_count=")
+    assert "duration_ms=" in body.splitlines()[-1] and body.endswith("\n")
+
+
+@pytest.mark.slow
+def test_stream_text_in_json_gives_the_traceback_and_the_error_in_the_status(server: LiveServer) -> None:
+    answer = requests.post(server.url + "/execute", headers=server.headers, timeout=30,
+                           json={"id": "default", "code": "print('before', end='')\n1/0",
+                                 "stream": "text"})
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    lines = answer.text.splitlines()
+    assert lines[0] == "before"  # a line of its own: the traceback starts on the next
+    assert "ZeroDivisionError: division by zero" in answer.text
+    assert lines[-1].startswith(STATUS + "status=error execution_count=")
+    assert lines[-1].endswith("ename=ZeroDivisionError")
+
+
+@pytest.mark.slow
+def test_reattach_as_text_has_what_was_printed_before_and_after(server: LiveServer) -> None:
+    started = requests.post(server.url + "/execute", headers=server.headers, timeout=30, json={
+        "id": "default", "wait": 0.3,
+        "code": "import time\nprint('early', flush=True)\ntime.sleep(1)\nprint('late')"})
+    assert started.status_code == 202
+    n = started.json()["execution_count"]
+    answer = requests.get(server.url + "/env/execution", headers=server.headers, timeout=30,
+                          params={"id": "default", "n": n, "stream": "text"})
+    assert answer.text.startswith("early\nlate\n")
+    assert answer.text.splitlines()[-1].startswith(f"{STATUS}status=ok execution_count={n} ")
+    # Accept: text/plain on the reattach route asks for the same.
+    again = requests.get(server.url + "/env/execution", params={"id": "default", "n": n},
+                         headers={**server.headers, "Accept": "text/plain"}, timeout=30)
+    assert again.text == answer.text.replace(answer.text.splitlines()[-1], again.text.splitlines()[-1])
+    # stream=false keeps the JSON answer whatever the Accept header says.
+    plain = requests.get(server.url + "/env/execution", timeout=30,
+                         params={"id": "default", "n": n, "stream": "false"},
+                         headers={**server.headers, "Accept": "text/plain"})
+    assert plain.json()["stdout"] == "early\nlate\n"
