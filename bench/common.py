@@ -96,6 +96,12 @@ class Server:
                 self.proc.wait(10)
 
 
+def _lock_pid(lock: Path) -> int:
+    """The pid of the server process holding a data dir (a JSON lock file, or a bare pid before)."""
+    text = lock.read_text()
+    return int(text) if text.strip().isdigit() else int(json.loads(text)["pid"])
+
+
 def _wait_for_health(proc: subprocess.Popen[bytes], port: int, path: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -135,7 +141,7 @@ def kernelserver(env: dict[str, str] | None = None, cwd: Path | None = None) -> 
                                 stdout=subprocess.DEVNULL,
                                 # BENCH_DEBUG=1 shows the server's log.
                                 stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL)
-        server = Server(proc, port, lambda: int(Path(f"{tmp}/data/server.lock").read_text()))
+        server = Server(proc, port, lambda: _lock_pid(Path(f"{tmp}/data/server.lock")))
         try:
             _wait_for_health(proc, port, "/health")
             yield server

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
+from typing import Any
 
 from flask import Blueprint, Response
 
+from . import requestlog
 from .backends.base import NamespaceOptions
 from .errors import BadRequest, ServerUnavailable
 from .params import (
@@ -26,6 +29,13 @@ from .streaming import execution_response, json_response, stream_response
 bp = Blueprint("v1", __name__)
 
 
+def namespace_of(data: Mapping[str, Any], default: str | None = None) -> str:
+    """The request's namespace id, noted for the request log."""
+    namespace_id = field_str(data, "id", default)
+    requestlog.note(id=namespace_id)
+    return namespace_id
+
+
 @bp.get("/health")
 def health() -> Response:
     if not current_service().healthy():
@@ -36,7 +46,7 @@ def health() -> Response:
 @bp.post("/env/create")
 def env_create() -> Response:
     data = params()
-    namespace_id = field_str(data, "id")
+    namespace_id = namespace_of(data)
     options = NamespaceOptions(field_resources(data),
                                cull_idle_after=field_float(data, "cull_idle_after"))
     service = current_service()
@@ -49,7 +59,7 @@ def env_create() -> Response:
 
 @bp.post("/env/delete")
 def env_delete() -> Response:
-    namespace_id = field_str(params(), "id")
+    namespace_id = namespace_of(params())
     service = current_service()
     service.delete(namespace_id)
     return json_response({"id": namespace_id, "deleted": True, "envs": service.ids()})
@@ -57,7 +67,7 @@ def env_delete() -> Response:
 
 @bp.post("/env/get")
 def env_get() -> Response:
-    namespace_id = field_str(params(), "id")
+    namespace_id = namespace_of(params())
     return json_response(current_service().describe(namespace_id).to_dict())
 
 
@@ -68,14 +78,14 @@ def env_list() -> Response:
 
 @bp.post("/env/interrupt")
 def env_interrupt() -> Response:
-    namespace_id = field_str(params(), "id")
+    namespace_id = namespace_of(params())
     return json_response({"id": namespace_id,
                           "interrupted": current_service().interrupt(namespace_id)})
 
 
 @bp.post("/env/restart")
 def env_restart() -> Response:
-    namespace_id = field_str(params(), "id")
+    namespace_id = namespace_of(params())
     return json_response(current_service().restart(namespace_id).to_dict())
 
 
@@ -83,7 +93,7 @@ def env_restart() -> Response:
 @bp.post("/execute")
 def execute() -> Response:
     data = params()
-    namespace_id = field_str(data, "id", "default")
+    namespace_id = namespace_of(data, "default")
     code = field_code(data)
     timeout = field_float(data, "timeout")
     wait = field_float(data, "wait")
@@ -94,10 +104,12 @@ def execute() -> Response:
     service = current_service()
     if stream:
         execution = service.submit(namespace_id, cell)
+        requestlog.note(execution_count=execution.execution_count)
         return stream_response(service.stream(execution, cancel_on_disconnect=cancel),
                                as_text=stream == "text")
     # A caller that waits for the end may run the cell on its own thread (see Namespace.submit).
     execution = service.submit(namespace_id, cell, inline=wait is None)
+    requestlog.note(execution_count=execution.execution_count)
     service.wait(execution, wait)
     return execution_response(execution)
 
@@ -105,8 +117,9 @@ def execute() -> Response:
 @bp.get("/env/execution")
 def env_execution() -> Response:
     data = params()
-    namespace_id = field_str(data, "id")
+    namespace_id = namespace_of(data)
     n = field_int(data, "n")
+    requestlog.note(execution_count=n)
     wait = field_float(data, "wait")
     stream = field_stream(data)
     service = current_service()
@@ -114,18 +127,29 @@ def env_execution() -> Response:
     if stream:
         return stream_response(service.stream(execution), as_text=stream == "text")
     service.wait(execution, wait or 0.0)
-    return execution_response(execution)
+    return execution_response(execution, with_code=True)
 
 
 @bp.get("/env/history")
 def env_history() -> Response:
     data = params()
-    namespace_id = field_str(data, "id")
+    namespace_id = namespace_of(data)
     limit = field_int(data, "limit", 100)
     if limit < 1:
         raise BadRequest("field 'limit' must be at least 1")
     return json_response({"id": namespace_id,
                           "executions": current_service().history_of(namespace_id, limit)})
+
+
+@bp.delete("/env/history")
+def env_history_delete() -> Response:
+    data = params()
+    namespace_id = namespace_of(data)
+    keep = field_int(data, "keep", 0)
+    if keep < 0:
+        raise BadRequest("field 'keep' must be 0 or more")
+    deleted = current_service().prune_history(namespace_id, keep)
+    return json_response({"id": namespace_id, "deleted": deleted, "kept": keep})
 
 
 @bp.get("/openapi.json")

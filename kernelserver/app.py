@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, auth, console, jupyter
+from . import __version__, auth, console, jupyter, requestlog
 from .api import bp as v1
 from .config import is_loopback, load_config
 from .errors import (
@@ -96,6 +96,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     service = Service(settings, __version__)
     app.extensions["kernelserver"] = service
+    # First: a request the guard refuses is timed and logged too.
+    requestlog.install(app, settings["request_log"])
     auth.install(app, service.token, settings)
     # On SIGTERM serving.py runs these in order: cells are interrupted and their answers go out,
     # then WebSockets close (1001, going away), then what is still running is killed.

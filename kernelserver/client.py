@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -16,22 +17,40 @@ from .results import Event, ExecutionResult, event_from_dict
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 DEFAULT_TIMEOUT = 30.0
+# Creating, restarting or deleting a namespace starts or stops a worker process (on a cluster, a
+# node's actor), which can take longer than an ordinary request: the default timeout is raised to
+# this for them. A timeout the user set is honoured as it is.
+SLOW_DEFAULT_TIMEOUT = 60.0
+# A stream's reads may be silent up to the server's keepalive interval (10 s by default): a read
+# timeout below that would cut quiet cells, so a stream waits this long (or the user's timeout,
+# if longer) before calling the connection dead. The request before it (create, get) is what
+# notices a hung server quickly.
+STREAM_READ_TIMEOUT = 60.0
 # Long cells are followed by long-polls of this many seconds each, so no single HTTP request
 # waits forever and no proxy idles the connection out.
 POLL_SECONDS = 20.0
 
 
 class Client:
-    """A connection to one kernelserver; a context manager over a requests.Session."""
+    """A connection to one kernelserver; a context manager over a requests.Session.
+
+    Without a token it uses KERNELSERVER_TOKEN, else the token file in data_dir (default:
+    KERNELSERVER_DATA_DIR, else the user data dir) of a server on this machine and this port.
+    timeout (else KERNELSERVER_CLIENT_TIMEOUT, else 30 s) bounds each request that is not a
+    long-poll or a stream.
+    """
 
     def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float | None = None, verify: bool | str = True) -> None:
-        self.url = (url or os.environ.get("KERNELSERVER_URL") or DEFAULT_URL).rstrip("/")
+                 timeout: float | None = None, verify: bool | str = True,
+                 data_dir: str | None = None) -> None:
+        self.url = _checked_url((url or os.environ.get("KERNELSERVER_URL") or DEFAULT_URL).rstrip("/"))
         if token is None:
-            token = os.environ.get("KERNELSERVER_TOKEN") or tokenfile.token_for(self.url)
-        if timeout is None:
-            timeout = float(os.environ.get("KERNELSERVER_CLIENT_TIMEOUT") or DEFAULT_TIMEOUT)
-        self.timeout = timeout
+            token = os.environ.get("KERNELSERVER_TOKEN") or tokenfile.token_for(self.url, data_dir)
+        if timeout is None and os.environ.get("KERNELSERVER_CLIENT_TIMEOUT"):
+            timeout = _env_timeout(os.environ["KERNELSERVER_CLIENT_TIMEOUT"])
+        # Only the default may be raised for slow requests (see SLOW_DEFAULT_TIMEOUT).
+        self._timeout_chosen = timeout is not None
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.session = requests.Session()
         # Passed with each request: requests lets REQUESTS_CA_BUNDLE override session.verify.
         self.verify = verify
@@ -48,6 +67,11 @@ class Client:
         """Close the underlying session."""
         self.session.close()
 
+    @property
+    def slow_timeout(self) -> float:
+        """The timeout of a request that starts or stops a worker (create, restart, delete)."""
+        return self.timeout if self._timeout_chosen else max(self.timeout, SLOW_DEFAULT_TIMEOUT)
+
     def request(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
                 params: dict[str, Any] | None = None,
                 timeout: float | tuple[float, float] | None = None,
@@ -62,8 +86,12 @@ class Client:
         except requests.exceptions.Timeout as exc:
             raise ConnectionFailed(f"no answer from {self.url} in time: {exc}") from None
         except requests.exceptions.RequestException as exc:
+            hint = ""
+            if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+                    exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+                hint = " — is it running? start it with `kernelserver serve`"
             raise ConnectionFailed(f"cannot reach kernelserver at {self.url}: "
-                                   f"{type(exc).__name__}") from None
+                                   f"{type(exc).__name__}{hint}") from None
         if response.status_code >= 400:
             raise _error_from(response)
         return response
@@ -106,12 +134,34 @@ class Client:
                 body["resources"] = resources
             if cull_idle_after is not None:
                 body["cull_idle_after"] = cull_idle_after
-            self._json("POST", "/env/create", json_body=body, timeout=max(self.timeout, 60.0))
+            self._json("POST", "/env/create", json_body=body, timeout=self.slow_timeout)
         return Namespace(self, namespace_id)
 
     def run(self, code: str, namespace_id: str = "default", **kwargs: Any) -> ExecutionResult:
         """Run code in a namespace (shortcut for namespace(id).run(code))."""
         return Namespace(self, namespace_id).run(code, **kwargs)
+
+
+def _checked_url(url: str) -> str:
+    """The URL, if it is one requests can use; else ConnectionFailed saying how to fix it."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if not scheme:
+        # requests would say InvalidSchema or MissingSchema: name the fix instead.
+        raise ConnectionFailed(f"--url {url!r} has no scheme: add http:// (http://{url})")
+    if scheme not in ("http", "https"):
+        raise ConnectionFailed(f"--url {url!r}: the scheme must be http:// or https://")
+    return url
+
+
+def _env_timeout(value: str) -> float:
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise ValueError(f"KERNELSERVER_CLIENT_TIMEOUT must be a number of seconds above 0, "
+                         f"not {value!r}")
+    return timeout
 
 
 def _error_from(response: requests.Response) -> KernelServerError:
@@ -174,21 +224,38 @@ class Namespace:
                              repr_limit_bytes=repr_limit_bytes):
             yield event_from_dict(data)
 
-    def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        # The server sends a keepalive at least every 10 s, so the read timeout only fires on
-        # a dead connection.
-        response = self.client.request("POST", "/execute", json_body=body, stream=True,
-                                       timeout=(self.client.timeout, 60.0))
+    def attach(self, n: int) -> Iterator[Event]:
+        """Follow execution n: its output so far, then live, ending with a ResultEvent.
+
+        Leaving early (closing the iterator, Ctrl-C) leaves the cell running.
+        """
+        params = {"id": self.id, "n": n, "stream": "true"}
+        for data in self._events(method="GET", path="/env/execution", params=params):
+            yield event_from_dict(data)
+
+    def _events(self, body: dict[str, Any] | None = None, method: str = "POST",
+                path: str = "/execute", params: dict[str, Any] | None = None
+                ) -> Iterator[dict[str, Any]]:
+        read_timeout = max(self.client.timeout, STREAM_READ_TIMEOUT)
+        response = self.client.request(method, path, json_body=body, params=params, stream=True,
+                                       timeout=(self.client.timeout, read_timeout))
+        url = self.client.url
         with response:
-            for line in response.iter_lines(chunk_size=1, decode_unicode=False):
-                if not line:
-                    continue
-                event: dict[str, Any] = json.loads(line)
-                if event.get("event") == "keepalive":
-                    continue
-                yield event
-                if event.get("event") == "result":
-                    return
+            try:
+                for line in response.iter_lines(chunk_size=1, decode_unicode=False):
+                    if not line:
+                        continue
+                    event: dict[str, Any] = json.loads(line)
+                    if event.get("event") == "keepalive":
+                        continue
+                    yield event
+                    if event.get("event") == "result":
+                        return
+            except requests.exceptions.RequestException as exc:
+                # Only a dead connection or server: the keepalives keep a live one under the
+                # read timeout.
+                raise ConnectionFailed(f"the stream from {url} broke off: "
+                                       f"{type(exc).__name__}") from None
 
     def execution(self, n: int, wait: float = 0.0) -> ExecutionResult:
         """The state of execution n (waiting up to wait seconds for it to finish)."""
@@ -231,12 +298,12 @@ class Namespace:
     def restart(self) -> dict[str, Any]:
         """A fresh, empty namespace under the same id (history is kept)."""
         return self.client._json("POST", "/env/restart", json_body={"id": self.id},
-                                 timeout=max(self.client.timeout, 60.0))
+                                 timeout=self.client.slow_timeout)
 
-    def delete(self) -> None:
+    def delete(self) -> dict[str, Any]:
         """Delete the namespace; its worker and memory are gone when this returns."""
-        self.client._json("POST", "/env/delete", json_body={"id": self.id},
-                          timeout=max(self.client.timeout, 60.0))
+        return self.client._json("POST", "/env/delete", json_body={"id": self.id},
+                                 timeout=self.client.slow_timeout)
 
 
 def _bind(result: ExecutionResult, namespace: Namespace) -> ExecutionResult:

@@ -142,6 +142,13 @@ SETTINGS: tuple[Setting, ...] = (
             "under the server's own cgroup; exact), `watchdog` (the server samples memory every "
             "0.1 s and kills past the limit), or `auto` (cgroup where the system lets the server "
             "make groups, else watchdog). GET /info says which is in use."),
+    Setting("history_keep", 0, int, "Executions kept in history per namespace, the newest; 0 all. "
+            "Older ones (their code and output) are deleted within a minute; their numbers are "
+            "never handed out again. `DELETE /env/history` prunes one namespace now."),
+    Setting("history_max_age_days", 0.0, float, "Days an execution stays in history; 0 forever."),
+    Setting("request_log", "text", str, "One line per request on stderr: method, path, status, "
+            "duration, namespace, execution count (never the token, the query string or the "
+            "code): `text`, `json` (one object a line), or `off`."),
     Setting("cull_idle_after", 0.0, float, "Seconds a namespace may sit idle (no cell queued or "
             "running) before it is deleted to free its memory and GPU; 0 never. Its history stays "
             "readable. `/env/create` may set a namespace's own (`cull_idle_after`)."),
@@ -188,6 +195,10 @@ def load_config(
     config["memory_limit"] = parse_size(config["memory_limit"])
     if config["memory_limit"] and config["memory_limit"] < MIN_MEMORY_LIMIT:
         raise ValueError(f"memory_limit must be 0 (none) or at least {MIN_MEMORY_LIMIT // MIB} MiB")
+    if config["request_log"] not in ("text", "json", "off"):
+        raise ValueError(f"request_log must be text, json or off, not {config['request_log']!r}")
+    if config["history_keep"] < 0 or config["history_max_age_days"] < 0:
+        raise ValueError("history_keep and history_max_age_days must be 0 (no limit) or more")
     if config["cull_idle_after"] < 0:
         raise ValueError("cull_idle_after must be 0 (never) or more seconds")
     if config["websocket_ping_interval"] <= 0:

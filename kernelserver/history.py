@@ -8,6 +8,7 @@ import queue
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ def _text(value: str | bytes | None) -> str:
 
 PAGE_CACHE_KIB = 256
 COALESCE_SECONDS = 0.05
+CODE_PREVIEW = 1000  # characters of each cell's code /env/history lists; /env/execution has all
+PRUNE_EVERY = 60.0  # seconds between retention passes (history_keep, history_max_age_days)
+PRUNE_BATCH = 10_000  # rows one pass deletes at most: the writer must get back to new rows
+FINISHED_ROWS = "status NOT IN ('queued', 'running')"  # a live cell's row is never pruned
+
+
+_nothing = threading.Event()  # the writer's wake-up with no write (time for a retention pass)
 
 
 class HistoryError(Exception):
@@ -93,8 +101,10 @@ class HistoryError(Exception):
 class History:
     """Every execution of every namespace, kept across server restarts."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, keep: int = 0, max_age_days: float = 0.0) -> None:
         self.path = Path(data_dir) / "history.sqlite3"
+        self.keep = keep  # newest executions kept per namespace; 0 all
+        self.max_age_days = max_age_days  # 0 forever
         try:
             Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
             self._read = self._connect()
@@ -138,8 +148,18 @@ class History:
 
     def _write_loop(self) -> None:
         conn = self._connect()
+        retention = bool(self.keep or self.max_age_days)
+        next_prune = time.monotonic()  # a pass at start, then every PRUNE_EVERY seconds
         while True:
-            item = self._writes.get()
+            try:
+                item = self._writes.get(timeout=PRUNE_EVERY if retention else None)
+            except queue.Empty:
+                item = _nothing
+            if retention and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self._commit(conn, [self._retain])
+            if item is _nothing:
+                continue
             if item is None:
                 break
             # Let writes gather for a moment, then commit them in one transaction: waking (and
@@ -234,6 +254,59 @@ class History:
                 for chunk in _utf8_pieces(text):
                     blob.write(chunk)
 
+    def _retain(self, conn: sqlite3.Connection) -> None:
+        """One retention pass: past history_max_age_days, and all but the newest history_keep."""
+        doomed: list[tuple[str, int]] = []
+        if self.max_age_days:
+            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                   time.gmtime(time.time() - self.max_age_days * 86400))
+            doomed += conn.execute(
+                f"SELECT ns, n FROM executions WHERE {FINISHED_ROWS} "
+                "AND COALESCE(started_at, submitted_at) < ? LIMIT ?",
+                (cutoff, PRUNE_BATCH)).fetchall()
+        if self.keep:
+            for (ns,) in conn.execute("SELECT ns FROM executions GROUP BY ns HAVING COUNT(*) > ?",
+                                      (self.keep,)).fetchall():
+                doomed += conn.execute(
+                    f"SELECT ns, n FROM executions WHERE ns = ? AND {FINISHED_ROWS} AND n NOT IN "
+                    "(SELECT n FROM executions WHERE ns = ? ORDER BY n DESC LIMIT ?) LIMIT ?",
+                    (ns, ns, self.keep, PRUNE_BATCH)).fetchall()
+                if len(doomed) >= PRUNE_BATCH:
+                    break
+        self._delete(conn, doomed)
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, rows: list[tuple[str, int]]) -> None:
+        """Delete these executions and their output; their numbers stay handed out."""
+        for ns in {ns for ns, _ in rows}:
+            # The next number comes from counters once the rows are gone: never reused.
+            conn.execute(
+                "INSERT INTO counters (ns, reserved) SELECT ?, MAX(n) FROM executions WHERE ns = ? "
+                "AND true ON CONFLICT(ns) DO UPDATE SET reserved = max(reserved, excluded.reserved)",
+                (ns, ns))
+        conn.executemany("DELETE FROM executions WHERE ns = ? AND n = ?", rows)
+        conn.executemany("DELETE FROM outputs WHERE ns = ? AND n = ?", rows)
+
+    def prune(self, ns: str, keep: int = 0, timeout: float = 30.0) -> int:
+        """Delete ns's finished executions but the newest keep; how many were deleted."""
+        deleted: list[int] = []
+        done = threading.Event()
+
+        def write(conn: sqlite3.Connection) -> None:
+            rows = conn.execute(
+                f"SELECT ns, n FROM executions WHERE ns = ? AND {FINISHED_ROWS} AND n NOT IN "
+                "(SELECT n FROM executions WHERE ns = ? ORDER BY n DESC LIMIT ?)",
+                (ns, ns, keep)).fetchall()
+            self._delete(conn, rows)
+            deleted.append(len(rows))
+
+        self._writes.put(write)
+        self._writes.put(done)
+        self._urgent.set()
+        if not done.wait(timeout):
+            raise HistoryError("the history database did not answer in time; try again")
+        return deleted[0] if deleted else 0
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (bounded) until every write queued so far is committed; False on timeout."""
         done = threading.Event()
@@ -271,11 +344,12 @@ class History:
     def list(self, ns: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` executions of ns, oldest first."""
         rows = self._query(
-            "SELECT n, code, status, started_at, duration_ms FROM executions WHERE ns=? "
-            "ORDER BY n DESC LIMIT ?", (ns, limit))
+            "SELECT n, substr(code, 1, ?) AS code, length(code) AS size, status, started_at, "
+            "duration_ms FROM executions WHERE ns=? ORDER BY n DESC LIMIT ?",
+            (CODE_PREVIEW, ns, limit))
         return [
-            {"execution_count": r["n"], "code": r["code"], "status": r["status"],
-             "started_at": r["started_at"], "duration_ms": r["duration_ms"]}
+            {"execution_count": r["n"], "code": r["code"], "code_truncated": r["size"] > CODE_PREVIEW,
+             "status": r["status"], "started_at": r["started_at"], "duration_ms": r["duration_ms"]}
             for r in reversed(rows)
         ]
 

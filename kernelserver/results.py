@@ -7,9 +7,9 @@ the `*Event` classes are what a stream carries, each with its wire form in `to_d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .encoding import Text
 from .errors import CellError
@@ -22,11 +22,48 @@ NamespaceState = Literal["starting", "idle", "busy", "dead"]
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """What went wrong in a cell: exception name, its message, and the formatted traceback."""
+    """What went wrong in a cell: exception name, its message, and the formatted traceback.
+
+    Read it by attribute (error.ename) or, like the JSON it comes from, by key (error["ename"],
+    error.get("evalue"), "traceback" in error, dict(error)).
+    """
 
     ename: str
     evalue: str
     traceback: str
+    _KEYS: ClassVar[tuple[str, ...]] = ("ename", "evalue", "traceback")
+
+    # A user who read the JSON writes result.error["ename"], as for result.result: both work.
+    def __getitem__(self, key: str) -> str:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        value: str = getattr(self, key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field named key, else default (as dict.get)."""
+        return getattr(self, key) if key in self._KEYS else default
+
+    def keys(self) -> tuple[str, ...]:
+        """The field names: ename, evalue, traceback."""
+        return self._KEYS
+
+    def values(self) -> tuple[str, ...]:
+        """The field values, in the order of keys()."""
+        return (self.ename, self.evalue, self.traceback)
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        """(name, value) pairs, as dict.items()."""
+        return tuple((key, getattr(self, key)) for key in self._KEYS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._KEYS
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
 
     def to_dict(self) -> dict[str, str]:
         """A JSON-ready copy."""

@@ -7,14 +7,13 @@ call one method here and render what it returns. Nothing here imports Flask.
 from __future__ import annotations
 
 import fcntl
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from . import tokenfile
+from . import datadir, tokenfile
 from .backends import load_backend
 from .backends.base import NamespaceOptions, Resources
 from .errors import ExecutionNotFound, NamespaceNotFound
@@ -28,35 +27,6 @@ from .subscriptions import NamespaceEvent, NamespaceSubscription, Relay, Subscri
 
 PROBE_TTL = 30.0
 WAIT_SLICE = 1.0  # no single wait is unbounded, however long the caller is willing to wait
-
-
-class ServerLockError(RuntimeError):
-    """Another kernelserver process already serves this data dir."""
-
-
-def take_data_dir_lock(data_dir: Path) -> IO[str]:
-    """Lock the data dir for this process (HistoryError / ServerLockError say why not)."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 - held for the app's life
-    except OSError as exc:
-        raise HistoryError(
-            f"cannot use the data dir {data_dir}: {exc.strerror}; choose another with "
-            "--data-dir or KERNELSERVER_DATA_DIR"
-        ) from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ServerLockError(
-            f"another kernelserver process already serves {data_dir}. Namespaces live in one "
-            "process: run gunicorn with exactly one worker (-w 1, threads for concurrency), "
-            "or give each server its own --data-dir"
-        ) from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 class CellStream:
@@ -98,9 +68,10 @@ class Service:
         self.version = version
         # The credential every front end checks (auth.py), and the token file's content.
         self.token: str | None = None if config["no_auth"] else config["token"]
-        self._lock_file = take_data_dir_lock(Path(config["data_dir"]))
+        self._lock_file = datadir.take_lock(Path(config["data_dir"]), config["host"], config["port"])
         try:
-            self.history = History(config["data_dir"])
+            self.history = History(config["data_dir"], config["history_keep"],
+                                   config["history_max_age_days"])
         except HistoryError:
             self._release_lock()
             raise
@@ -238,7 +209,29 @@ class Service:
         if not rows and namespace_id not in self.registry.ids():
             raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
                                     id=namespace_id)
+        unfinished = [row for row in rows if row["status"] in ("queued", "running")]
+        if unfinished:
+            # A row is written when a cell is submitted and when it ends; in between, the live
+            # execution knows whether it still waits or runs.
+            try:
+                namespace = self.registry.get(namespace_id)
+            except NamespaceNotFound:
+                return rows
+            for row in unfinished:
+                try:
+                    live = namespace.execution(row["execution_count"])
+                except ExecutionNotFound:
+                    continue
+                row["status"], row["started_at"] = live.status, live.started_at
         return rows
+
+    def prune_history(self, namespace_id: str, keep: int) -> int:
+        """Delete a namespace's finished executions but the newest keep; how many went."""
+        validate_id(namespace_id)
+        if not self.history.has(namespace_id) and namespace_id not in self.registry.ids():
+            raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
+                                    id=namespace_id)
+        return self.history.prune(namespace_id, keep)
 
     # -- the server --
 

@@ -24,9 +24,11 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(dumps(data), status=status, mimetype="application/json")
 
 
-def execution_response(execution: Execution) -> Response:
+def execution_response(execution: Execution, with_code: bool = False) -> Response:
     """The execution as it is now: 200 once finished, else 202 with its queued/running state."""
     answer = execution.to_dict()
+    if with_code:  # /env/execution: the whole code, which /env/history only previews
+        answer["code"] = execution.code
     return json_response(answer, 200 if answer["status"] in FINISHED else 202)
 
 
@@ -35,6 +37,7 @@ def ndjson_response(stream: CellStream) -> Response:
     sock = request.environ.get("gunicorn.socket")
 
     def generate() -> Iterator[bytes]:
+        yield b""  # the headers go now: the client knows its cell is in, however quiet it is
         # Reached on client disconnect too (the WSGI server closes the iterator).
         for event in stream.events(gone=lambda: client_gone(sock)):
             yield from encode(event.to_dict())  # a result with 8 MiB of output goes out in pieces
@@ -54,6 +57,7 @@ def text_response(stream: CellStream) -> Response:
     sock = request.environ.get("gunicorn.socket")
 
     def generate() -> Iterator[bytes]:
+        yield b""  # the headers go now (see ndjson_response)
         at_line_start = True
         ended = False
         for event in stream.events(gone=lambda: client_gone(sock)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -194,6 +195,14 @@ def process_tree(root: int) -> set[int]:
         found.add(pid)
         todo.extend(children.get(pid, []))
     return found
+
+
+def server_pid(data_dir: Path) -> int:
+    """The pid of the server process that holds data_dir (0 while none has said so yet)."""
+    try:
+        return int(json.loads((data_dir / "server.lock").read_text()).get("pid") or 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def pid_alive(pid: int) -> bool:

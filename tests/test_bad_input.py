@@ -97,7 +97,8 @@ def wrong_value_query(name: str) -> Iterator[tuple[str, str]]:
     return ((value, "bad_request") for value in {"n": ["x", "1.5", "", "99999999999999999999999"],
                                                  "wait": ["soon", "-1", "1e99"],
                                                  "stream": ["maybe", "2"],
-                                                 "limit": ["0", "x", "-5"]}[name])
+                                                 "limit": ["0", "x", "-5"],
+                                                 "keep": ["-1", "x", "1.5"]}[name])
 
 
 def cases() -> list[Case]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LiveServer, pid_alive, start_server, wait_until
+from conftest import LiveServer, pid_alive, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +66,11 @@ def test_a_chunked_body_over_the_limit_is_413_and_runs_nothing(server: LiveServe
 def test_execution_count_never_repeats_after_a_kill(tmp_path: Path) -> None:
     live = start_server(tmp_path)
     try:
-        worker = int((live.data_dir / "server.lock").read_text())
+        worker = server_pid(live.data_dir)
         answered = post(live, "/execute", {"code": "1"}).json()["execution_count"]
         os.kill(worker, signal.SIGKILL)  # at once after the answer: no time to flush anything
         # gunicorn starts a new worker, which opens the same history.
-        assert wait_until(lambda: int((live.data_dir / "server.lock").read_text() or 0) != worker
+        assert wait_until(lambda: server_pid(live.data_dir) != worker
                           and _healthy(live), 30)
         again = post(live, "/execute", {"code": "2"}).json()["execution_count"]
     finally:
@@ -243,7 +243,7 @@ def test_a_detached_process_dies_with_a_killed_server(tmp_path: Path) -> None:
     live = start_server(tmp_path)
     try:
         pid = _detached_sleeper(live, "orphan")
-        app = int((live.data_dir / "server.lock").read_text())
+        app = server_pid(live.data_dir)
         os.kill(app, signal.SIGKILL)  # the process that holds the namespaces, without warning
         assert wait_until(lambda: not pid_alive(pid), 10)
     finally:

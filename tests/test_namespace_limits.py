@@ -14,7 +14,7 @@ import requests
 from kernelserver.backends.memory import Limits
 from kernelserver.config import parse_size
 
-from conftest import LiveServer, pid_alive, start_server, wait_until
+from conftest import LiveServer, pid_alive, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def test_limits_are_reported_and_checked(server: LiveServer) -> None:
 def test_workers_are_killed_before_the_server_when_memory_runs_out(server: LiveServer) -> None:
     post(server, "/env/create", {"id": "oom-order"})
     worker = post(server, "/env/get", {"id": "oom-order"}).json()["pid"]
-    app = int((server.data_dir / "server.lock").read_text())
+    app = server_pid(server.data_dir)
 
     def adj(pid: int) -> int:
         return int(Path(f"/proc/{pid}/oom_score_adj").read_text())

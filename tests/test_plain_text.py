@@ -79,3 +79,16 @@ def test_reattach_as_text_has_what_was_printed_before_and_after(server: LiveServ
                          params={"id": "default", "n": n, "stream": "false"},
                          headers={**server.headers, "Accept": "text/plain"})
     assert plain.json()["stdout"] == "early\nlate\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", [{"stream": True}, {"stream": "text"}])
+def test_a_quiet_cell_s_stream_answers_at_once(server: LiveServer, body: dict[str, object]) -> None:
+    """The headers go before the first output: a client knows at once that its cell is in."""
+    began = time.monotonic()
+    with requests.post(server.url + "/execute", headers=server.headers, stream=True, timeout=30,
+                       json={"id": "default", "code": "import time; time.sleep(2.5)", **body}) as answer:
+        # requests returns once the headers are in; the cell is still asleep.
+        assert answer.status_code == 200 and time.monotonic() - began < 1.5
+        assert answer.content  # the rest still comes, whole
+        assert time.monotonic() - began > 2.4

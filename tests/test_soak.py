@@ -20,7 +20,7 @@ from kernelserver.backends.process import rss_bytes
 from kernelserver.client import Client, Namespace
 from kernelserver.results import ExecutionResult
 
-from conftest import pid_alive, process_tree, start_server, wait_until
+from conftest import pid_alive, process_tree, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ def test_soak_mixed_executions_keep_answers_right_memory_flat_and_no_workers_lef
     server = start_server(tmp_path, env={"KERNELSERVER_INTERRUPT_GRACE": "0.5"})
     clients: list[SoakClient] = []
     try:
-        app_pid = int((server.data_dir / "server.lock").read_text())
+        app_pid = server_pid(server.data_dir)
         clients = [SoakClient(server.url, server.token, c) for c in range(CLIENTS)]
         started = time.monotonic()
         run_round(clients, WARMUP_ROUNDS)
