@@ -10,7 +10,7 @@ from flask import Blueprint, Response
 
 from . import requestlog
 from .backends.base import NamespaceOptions
-from .errors import BadRequest, ServerUnavailable
+from .errors import ServerUnavailable
 from .params import (
     current_service,
     field_bool,
@@ -134,9 +134,7 @@ def env_execution() -> Response:
 def env_history() -> Response:
     data = params()
     namespace_id = namespace_of(data)
-    limit = field_int(data, "limit", 100)
-    if limit < 1:
-        raise BadRequest("field 'limit' must be at least 1")
+    limit = field_int(data, "limit", 100, minimum=1)
     return json_response({"id": namespace_id,
                           "executions": current_service().history_of(namespace_id, limit)})
 
@@ -145,9 +143,7 @@ def env_history() -> Response:
 def env_history_delete() -> Response:
     data = params()
     namespace_id = namespace_of(data)
-    keep = field_int(data, "keep", 0)
-    if keep < 0:
-        raise BadRequest("field 'keep' must be 0 or more")
+    keep = field_int(data, "keep", 0, minimum=0)
     deleted = current_service().prune_history(namespace_id, keep)
     return json_response({"id": namespace_id, "deleted": deleted, "kept": keep})
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -47,6 +47,14 @@ data_dir_option = click.option("--data-dir", default=None, help="Data dir of a s
                                "machine, whose token file to use [env KERNELSERVER_DATA_DIR; "
                                "else the user data dir].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_options(command: F) -> F:
+    """--url, --token, --data-dir and --json: what every command that talks to a server takes."""
+    for option in (json_option, data_dir_option, token_option, url_option):
+        command = option(command)
+    return command
 
 # Where a CLI user gets the right token: said when the server refuses the one sent, or none.
 TOKEN_ADVICE = ("the server prints its token when it starts, `kernelserver token` prints it on "
@@ -288,10 +296,7 @@ def _exit_with(final: ExecutionResult | None, as_json: bool) -> NoReturn:
 
 
 @cli.command("exec")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @click.option("--id", "namespace_id", default="default", show_default=True, help="Namespace id.")
 @click.option("--timeout", type=float, default=None, help="Seconds before the cell is stopped.")
 @click.option("--gpus", type=float, default=None,
@@ -538,10 +543,7 @@ namespace_argument = click.argument("namespace_id", metavar="ID")
 
 
 @cli.command("ls")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 def ls(url: str, token: str | None, data_dir: str | None, as_json: bool) -> None:
     """List the server's namespaces.
 
@@ -564,10 +566,7 @@ def ls(url: str, token: str | None, data_dir: str | None, as_json: bool) -> None
 
 
 @cli.command("history")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only the newest N cells [100].")
 @namespace_argument
@@ -593,10 +592,7 @@ def history(url: str, token: str | None, data_dir: str | None, as_json: bool, li
 
 
 @cli.command("show")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @namespace_argument
 @click.argument("n", type=int)
 def show(url: str, token: str | None, data_dir: str | None, as_json: bool, namespace_id: str,
@@ -625,10 +621,7 @@ def show(url: str, token: str | None, data_dir: str | None, as_json: bool, names
 
 
 @cli.command("attach")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @namespace_argument
 @click.argument("n", type=int, required=False)
 def attach(url: str, token: str | None, data_dir: str | None, as_json: bool, namespace_id: str,
@@ -660,10 +653,7 @@ def attach(url: str, token: str | None, data_dir: str | None, as_json: bool, nam
 
 
 @cli.command("interrupt")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @namespace_argument
 def interrupt(url: str, token: str | None, data_dir: str | None, as_json: bool,
               namespace_id: str) -> None:
@@ -682,10 +672,7 @@ def interrupt(url: str, token: str | None, data_dir: str | None, as_json: bool,
 
 
 @cli.command("restart")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @namespace_argument
 def restart(url: str, token: str | None, data_dir: str | None, as_json: bool,
             namespace_id: str) -> None:
@@ -701,10 +688,7 @@ def restart(url: str, token: str | None, data_dir: str | None, as_json: bool,
 
 
 @cli.command("rm")
-@url_option
-@token_option
-@data_dir_option
-@json_option
+@client_options
 @namespace_argument
 def rm(url: str, token: str | None, data_dir: str | None, as_json: bool, namespace_id: str) -> None:
     """Delete a namespace and its worker.

@@ -123,8 +123,9 @@ def field_float(data: Mapping[str, Any], name: str) -> float | None:
     return number
 
 
-def field_int(data: Mapping[str, Any], name: str, default: int | None = None) -> int:
-    """An integer field (forms and query strings send it as text)."""
+def field_int(data: Mapping[str, Any], name: str, default: int | None = None,
+              minimum: int | None = None) -> int:
+    """An integer field (forms and query strings send it as text), at least minimum if given."""
     value = data.get(name, default)
     if value is None:
         raise BadRequest(f"missing field {name!r}")
@@ -136,6 +137,8 @@ def field_int(data: Mapping[str, Any], name: str, default: int | None = None) ->
         raise BadRequest(f"field {name!r} must be an integer, not {value!r}") from None
     if not -(2**63) <= number < 2**63:  # SQLite's integers are 64-bit
         raise BadRequest(f"field {name!r} is out of range")
+    if minimum is not None and number < minimum:
+        raise BadRequest(f"field {name!r} must be at least {minimum}")
     return number
 
 
