@@ -1,0 +1,106 @@
+"""What the commands share: client options, fail(), a session whose errors end in one line, JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from ..errors import ExecutionNotFound, KernelServerError, NamespaceNotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+url_option = click.option("--url", envvar="KERNELSERVER_URL", default="http://127.0.0.1:5000",
+                          show_default=True, help="Server URL [env KERNELSERVER_URL].")
+token_option = click.option("--token", envvar="KERNELSERVER_TOKEN", default=None,
+                            help="Bearer token [env KERNELSERVER_TOKEN; else the token file of a "
+                            "server on this machine].")
+data_dir_option = click.option("--data-dir", default=None, help="Data dir of a server on this "
+                               "machine, whose token file to use [env KERNELSERVER_DATA_DIR; "
+                               "else the user data dir].")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_options(command: F) -> F:
+    """--url, --token, --data-dir and --json: what every command that talks to a server takes."""
+    for option in (json_option, data_dir_option, token_option, url_option):
+        command = option(command)
+    return command
+
+# Where a CLI user gets the right token: said when the server refuses the one sent, or none.
+TOKEN_ADVICE = ("the server prints its token when it starts, `kernelserver token` prints it on "
+                "the server's machine, and a restarted server has a new one; pass it with --token "
+                "or KERNELSERVER_TOKEN (or --data-dir D for a local server started with "
+                "--data-dir D)")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear line to stderr and exit."""
+    click.echo(f"kernelserver: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _error_line(exc: KernelServerError, url: str, sent_token: bool,
+                namespace_id: str | None = None) -> tuple[str, int]:
+    """What a CLI user reads for a client error, and the exit code."""
+    if isinstance(exc, Unauthorized):
+        if sent_token:
+            return f"wrong token for {url}: {TOKEN_ADVICE}", 2
+        return f"{url} wants a token and none was sent: {TOKEN_ADVICE}", 2
+    if isinstance(exc, NamespaceNotFound):
+        # The server's hints name HTTP routes; a CLI user gets the commands.
+        message = re.sub(r"; create it (again )?with POST /env/create$", "", str(exc))
+        message = re.sub(r"GET /env/history\?id=([\w.-]+)", r"`kernelserver history \1`", message)
+        if "`kernelserver" not in message:
+            message += " (`kernelserver ls` lists the namespaces)"
+        return message, 1
+    if isinstance(exc, ExecutionNotFound):
+        return f"{exc} (`kernelserver history {namespace_id or 'ID'}` lists its cells)", 1
+    return str(exc), 2
+
+
+@contextmanager
+def _session(url: str, token: str | None, data_dir: str | None,
+             on_error: Callable[[str], None] | None = None,
+             namespace_id: str | None = None) -> Iterator[Client]:
+    """A Client for a command; its errors end the command with one line (after on_error)."""
+    from ..client import Client
+
+    client: Client | None = None
+    try:
+        try:
+            client = Client(url, token, data_dir=data_dir)
+        except ValueError as exc:  # a bad KERNELSERVER_CLIENT_TIMEOUT
+            if on_error is not None:
+                on_error(str(exc))
+            fail(str(exc))
+        with client:
+            yield client
+    except KernelServerError as exc:
+        sent = client is not None and "Authorization" in client.session.headers
+        message, code = _error_line(exc, url, sent, namespace_id)
+        if on_error is not None:
+            on_error(message)
+        fail(message, code)
+
+
+def _write(stream: Any) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+namespace_argument = click.argument("namespace_id", metavar="ID")

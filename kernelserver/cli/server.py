@@ -1,0 +1,249 @@
+"""The commands for the server on this machine: serve, stop, token; the checks serve makes first."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .. import __version__, tokenfile
+from ..backends import BACKENDS
+from ..config import default_data_dir, is_loopback, load_config
+from .common import _print_json, fail, json_option
+
+
+def _preflight(config: dict[str, Any]) -> None:
+    """Open the data dir and history once in this process, so problems are one clear line."""
+    missing = BACKENDS[config["backend"]].missing()
+    if missing:
+        fail(f"--backend {config['backend']}: {missing}")
+    from ..datadir import ServerLockError, take_lock
+    from ..history import History, HistoryError
+
+    try:
+        lock = take_lock(Path(config["data_dir"]))
+    except ServerLockError as exc:
+        fail(str(exc), 1)  # names the server that holds it, and how to stop it
+    except HistoryError as exc:
+        fail(str(exc))
+    try:
+        History(config["data_dir"]).close()
+    except HistoryError as exc:
+        fail(str(exc))
+    finally:
+        lock.close()
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [5000].")
+@click.option("--token", default=None, help="Bearer token [env KERNELSERVER_TOKEN; else generated].")
+@click.option("--no-auth", is_flag=True, default=None, help="No token (loopback only).")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
+              help="Namespace backend [process].")
+@click.option("--data-dir", default=None, help="History and lock directory "
+              "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+@click.option("--ray-address", default=None, help="With --backend ray: the cluster to place "
+              "namespaces on (auto, host:port, ray://host:port) [auto].")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Extra Host header name to accept when bound to loopback (repeatable).")
+@click.option("--allow-origin", "allow_origins", multiple=True,
+              help="Web page origin (https://host:port, or *) allowed to open WebSockets besides "
+              "the server's own pages (repeatable).")
+@click.option("--threads", type=int, default=None, help="Concurrent requests [64].")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate (PEM); serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS private key (PEM).")
+def serve(host: str | None, port: int | None, token: str | None, no_auth: bool | None,
+          backend: str | None, data_dir: str | None, ray_address: str | None,
+          allow_hosts: tuple[str, ...],
+          allow_origins: tuple[str, ...], threads: int | None, certfile: str | None,
+          keyfile: str | None) -> None:
+    """Run the server under gunicorn and print its URL and token."""
+    overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
+                 "backend": backend, "data_dir": data_dir, "threads": threads,
+                 "ray_address": ray_address,
+                 "allowed_hosts": allow_hosts or None, "allowed_origins": allow_origins or None}
+    try:
+        config = load_config(overrides)
+    except ValueError as exc:
+        fail(str(exc))
+    if bool(certfile) != bool(keyfile):
+        fail("--certfile and --keyfile go together")
+    if config["no_auth"]:
+        if not is_loopback(config["host"]):
+            fail("--no-auth is refused unless --host is a loopback address")
+        config["token"] = None
+    elif not config["token"]:
+        config["token"] = secrets.token_urlsafe(32)
+        generated = True
+    else:
+        generated = False
+    _preflight(config)
+    _check_port(config["host"], config["port"])
+    scheme = "https" if certfile else "http"
+    shown_host = f"[{config['host']}]" if ":" in config["host"] else config["host"]
+    url = f"{scheme}://{shown_host}:{config['port']}"
+    click.echo(f"kernelserver {__version__} on {url} (backend: {config['backend']}, "
+               f"data: {config['data_dir']})", err=True)
+    if config["token"] and generated:
+        click.echo(f"token (generated, shown once): {config['token']}", err=True)
+        click.echo("try: curl -s -H " + shlex.quote(f"Authorization: Bearer {config['token']}")
+                   + f" --data-urlencode 'code=1+1' {url}/execute", err=True)
+    elif config["token"]:
+        click.echo("token: from --token / KERNELSERVER_TOKEN", err=True)
+        if token:
+            click.echo("WARNING: --token is visible to other local users in the process list; "
+                       "prefer KERNELSERVER_TOKEN, or let serve generate one", err=True)
+    else:
+        click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
+    # The fragment never reaches the server (nor its log); the page moves it to sessionStorage.
+    if config["token"] and generated:
+        click.echo(f"console: {url}/#token={config['token']}", err=True)
+    else:
+        click.echo(f"console: {url}/" + ("#token=$KERNELSERVER_TOKEN" if config["token"] else ""),
+                   err=True)
+    if config["token"]:
+        shown_token = config["token"] if generated else "$KERNELSERVER_TOKEN"
+        click.echo(f"jupyter: jupyter lab --gateway-url={url} --GatewayClient.auth_token="
+                   f"{shown_token}", err=True)
+    if not is_loopback(config["host"]):
+        click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
+                   "the token can run code as this user", err=True)
+    from ..serving import gunicorn_options, run_gunicorn
+
+    run_gunicorn(config, gunicorn_options(config, certfile, keyfile))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line, before anything is printed, if gunicorn could not bind host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As gunicorn binds: a port left in TIME_WAIT by a stopped server is free, a
+            # listening one is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except socket.gaierror as exc:
+        fail(f"cannot listen on --host {host}: {exc.strerror}", 1)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is in use: another program listens there; choose "
+                 "another with --port", 1)
+        if exc.errno == errno.EACCES:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror} (ports below 1024 need "
+                 "privileges); choose another with --port", 1)
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port", 1)
+
+
+def _runs_server(pid: int) -> bool:
+    """True when pid's command line names kernelserver or gunicorn."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return False  # no such process
+        try:  # no /proc (macOS): ask ps
+            command = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
+                                     text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+    except OSError:
+        return False
+    command = command.lower()
+    return "kernelserver" in command or "gunicorn" in command
+
+
+def _stop_target(info: dict[str, Any]) -> int | None:
+    """The process to send SIGTERM: gunicorn's master when it runs the server, else the server."""
+    # A worker stopped alone would be replaced by its master, with a fresh token; the master
+    # stops its worker, which writes its cells' final rows, and exits. The command-line check
+    # keeps a recycled pid (or a shell that ran the server some other way) from being signalled.
+    parent, pid = info.get("parent"), info.get("pid")
+    if isinstance(parent, int) and parent > 1 and _runs_server(parent):
+        return parent
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+@click.command("stop")
+@click.option("--data-dir", default=None, help="The server's data dir "
+              "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for it to stop.")
+@json_option
+def stop(data_dir: str | None, timeout: float, as_json: bool) -> None:
+    """Stop the local server cleanly.
+
+    The server running from the data dir on this machine gets SIGTERM; exit 1 if none runs
+    there, or if it still runs after --timeout."""
+    from ..datadir import describe, holder
+
+    where = Path(data_dir or os.environ.get("KERNELSERVER_DATA_DIR") or default_data_dir())
+
+    def stop_failed(message: str) -> NoReturn:
+        if as_json:
+            _print_json({"stopped": False, "data_dir": str(where), "error": message})
+        fail(message, 1)
+
+    info = holder(where)
+    if info is None:
+        stop_failed(f"no kernelserver is running from the data dir {where} (another data dir: "
+                    "--data-dir)")
+    target = _stop_target(info)
+    if target is None:
+        stop_failed(f"the lock in {where} does not say which process holds it; stop that "
+                    "server by hand")
+    try:
+        os.kill(target, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it exited meanwhile: the wait below sees the lock free
+    except PermissionError:
+        stop_failed(f"not allowed to stop {describe(info)}: it runs as another user")
+    deadline = time.monotonic() + timeout
+    while holder(where) is not None:
+        if time.monotonic() >= deadline:
+            stop_failed(f"{describe(info)} is still running {timeout:g} s after SIGTERM (it may "
+                        "be finishing its cells); wait longer with --timeout")
+        time.sleep(0.1)
+    if as_json:
+        _print_json({"stopped": True, "data_dir": str(where), "server": info})
+    else:
+        click.echo(f"stopped {describe(info)}")
+
+
+@click.command("token")
+@click.option("--data-dir", default=None, help="The server's data dir "
+              "[env KERNELSERVER_DATA_DIR; else the user data dir].")
+def token_(data_dir: str | None) -> None:
+    """Print the token of the server running from this data dir (same OS user only)."""
+    where = tokenfile.path(data_dir)
+    data = tokenfile.read(data_dir)
+    if data is None:
+        fail(f"no token file at {where}: no server is running from that data dir, or it was "
+             "started with --no-auth (or pass --data-dir)", 1)
+        return
+    if not _pid_alive(data.get("pid")):
+        fail(f"{where} is left from a server that is no longer running", 1)
+    click.echo(data["token"])
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
