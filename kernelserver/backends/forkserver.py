@@ -300,6 +300,14 @@ class ForkServer:
             self._reader.join(timeout)
 
 
+def _tell(sock: socket.socket, message: dict[str, str]) -> None:
+    """Send the server how the start went; a server that stopped meanwhile gets no traceback."""
+    try:
+        sock.send(json.dumps(message).encode())
+    except OSError:  # the server closed its end (it is stopping): nothing is waiting for us
+        raise SystemExit(0) from None
+
+
 def _main(argv: list[str]) -> None:
     fd = int(argv[1])
     preload = [name for name in (argv[2] if len(argv) > 2 else "").split(",") if name]
@@ -312,9 +320,9 @@ def _main(argv: list[str]) -> None:
         for name in preload:
             importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 - report to the server, which shows it
-        sock.send(json.dumps({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}).encode())
+        _tell(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise SystemExit(1) from None
-    sock.send(json.dumps({"op": "ready"}).encode())
+    _tell(sock, {"op": "ready"})
     sock.detach()
     serve(fd)
 

@@ -531,11 +531,15 @@ class ProcessBackend:
         self.forkserver = ForkServer()
         self.forkserver.start()
         self._limits: memory_limits.Limits | None = None  # made when first asked for
+        self._closed = False
 
     def live_forkserver(self) -> ForkServer:
         """The fork server, started anew if the last one died (a cell can kill it: every
         namespace's worker dies with it, and new ones must still start)."""
         with self._lock:
+            if self._closed:
+                # Stopping: a worker that died meanwhile must not bring a fork server back.
+                raise ForkServerError("the server is stopping")
             if not self.forkserver.alive:
                 self.forkserver.close()  # reaped already by its reader; releases the socket
                 fresh = ForkServer()
@@ -595,6 +599,7 @@ class ProcessBackend:
     def close(self) -> None:
         """Stop the fork server; remove the server's memory cgroup."""
         with self._lock:
+            self._closed = True
             self.forkserver.close()
             limits = self._limits
         if limits is not None:
