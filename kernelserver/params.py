@@ -227,9 +227,10 @@ def field_stream(data: Mapping[str, Any]) -> str | None:
     wanted = field_bool(data, "stream")
     if explicit and not wanted:
         return None
-    accept = request.accept_mimetypes
-    prefers_text = (accept.best_match(["application/json", "application/x-ndjson", "text/plain"])
-                    == "text/plain")
+    # Most clients send no Accept or */*: parse the header only when it names text/plain.
+    prefers_text = "text/plain" in request.headers.get("Accept", "") and (
+        request.accept_mimetypes.best_match(
+            ["application/json", "application/x-ndjson", "text/plain"]) == "text/plain")
     if prefers_text:
         return "text"
     return "ndjson" if wanted else None

@@ -26,6 +26,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live.stop()
 
 
+@pytest.fixture(scope="module")
+def pure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server whose workers print through the pure-Python path (as where _ringtext is not built)."""
+    live = start_server(tmp_path_factory.mktemp("faults-pure"),
+                        env={"KERNELSERVER_PURE_PYTHON_OUTPUT": "1"})
+    yield live
+    live.stop()
+
+
+@pytest.fixture(params=["default", "pure-python"])
+def printing_server(request: pytest.FixtureRequest, server: LiveServer,
+                    pure_server: LiveServer) -> LiveServer:
+    """Each way a worker's prints reach shared memory."""
+    return server if request.param == "default" else pure_server
+
+
 def post(server: LiveServer, path: str, body: dict[str, Any], **kwargs: Any) -> requests.Response:
     kwargs.setdefault("timeout", 60)
     return requests.post(server.url + path, json=body, headers=server.headers, **kwargs)
@@ -262,8 +278,9 @@ def test_a_detached_process_dies_with_a_killed_server(tmp_path: Path) -> None:
      "print('the marker')\nos.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL",
      ("y" * 99_999 + "\n") * 30 + "the marker\n"),
 ], ids=["os-exit", "no-newline", "segfault", "sigkill-after-200k", "sigkill-after-3mb"])
-def test_output_printed_just_before_a_worker_dies_is_kept(server: LiveServer, code: str, how: str,
-                                                          printed: str) -> None:
+def test_output_printed_just_before_a_worker_dies_is_kept(printing_server: LiveServer, code: str,
+                                                          how: str, printed: str) -> None:
+    server = printing_server
     post(server, "/env/create", {"id": "dying"})
     answer = run(server, "dying", code)
     assert answer["error"]["ename"] == "WorkerDied" and how in answer["error"]["evalue"]
@@ -279,3 +296,17 @@ def test_output_of_a_thread_that_kills_the_worker_between_cells_is_kept(server: 
                       10)
     answer = run(server, "quiet-death", "print('after')")
     assert answer["stdout"] == "unflushed last words\nafter\n"
+
+
+def test_workers_print_through_the_c_writer_where_it_is_built(server: LiveServer,
+                                                              pure_server: LiveServer) -> None:
+    try:
+        from kernelserver.backends import _ringtext  # type: ignore[attr-defined]  # noqa: F401
+        built = True
+    except ImportError:
+        built = False
+    code = "import sys\ntype(sys.stdout).__name__, type(sys.stderr).__name__"
+    assert run(server, "default", code)["result"]["text/plain"] == (
+        "('RingText', '_RingErrStream')" if built else "('TextIOWrapper', '_ErrStream')")
+    assert run(pure_server, "default", code)["result"]["text/plain"] == (
+        "('TextIOWrapper', '_ErrStream')")

@@ -48,14 +48,30 @@ class Pair:
         return os.fstat(self.fd).st_blocks * 512
 
 
-@pytest.fixture
-def pair() -> Iterator[Pair]:
+try:
+    from kernelserver.backends._ringtext import RingText  # type: ignore[import-not-found]
+except ImportError:  # built by pip install where a C compiler is (CI has one)
+    RingText = None
+
+WRITERS = ["mmap", pytest.param("ringtext", marks=pytest.mark.skipif(
+    RingText is None, reason="kernelserver/backends/_ringtext.c was not built (no C compiler)"))]
+
+
+@pytest.fixture(params=WRITERS)
+def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """Each way a worker prints: the mmap's own write, or the C writer's copy."""
     fd = rings.create()
     header = rings.map_header(fd)
     read_end, write_end = os.pipe()
     writer = rings.RingWriter(fd, header, 0, write_end, lambda tag: b"<" + tag + b">")
     reader = rings.RingReader(fd, header, 0)
-    out = io.TextIOWrapper(writer.sink, encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    out: io.TextIOWrapper
+    if request.param == "ringtext":
+        out = RingText(writer.sink, encoding="utf-8", errors="backslashreplace", write_through=True)
+        writer.attach(out)
+    else:
+        out = io.TextIOWrapper(writer.sink, encoding="utf-8",  # type: ignore[arg-type]
+                               errors="backslashreplace", write_through=True)
     yield Pair(writer, reader, out, read_end, fd)
     reader.close()
     os.close(read_end)
@@ -136,3 +152,21 @@ def test_a_server_far_behind_makes_printing_wait(pair: Pair, monkeypatch: pytest
     started = time.monotonic()
     print("r", file=pair.out, end="")  # caught up: no wait
     assert time.monotonic() - started < 0.1
+
+
+def test_text_bytes_and_odd_strings_land_in_order(pair: Pair) -> None:
+    """What the C writer copies itself and what it hands to the TextIOWrapper share one position."""
+
+    class Tagged(str):
+        pass
+
+    pair.out.write("ascii, ")
+    pair.out.write("ünïcödé ✓, ")
+    pair.out.buffer.write(b"bytes, ")
+    pair.out.write("lone \udc80 surrogate, ")
+    pair.out.write(Tagged("a str subclass"))
+    pair.out.writelines([", ", "lines\n"])
+    pair.writer.tend()
+    assert pair.read_marked() == ("ascii, ünïcödé ✓, bytes, lone \\udc80 surrogate, "
+                                  "a str subclass, lines\n")
+    assert isinstance(pair.out, io.TextIOWrapper) and pair.out.encoding == "utf-8"

@@ -1,28 +1,30 @@
 """A worker's printed text in shared memory, so it outlives the worker (os._exit, a segfault, SIGKILL).
 
 Python's sys.stdout and sys.stderr in a worker write straight into a memory file (memfd) the server
-holds too: a write-through TextIOWrapper whose buffer's `write` is an mmap's own (C code, no Python
-frame per print), so text is in shared pages the moment print() returns. The pipes still carry what
-C code and subprocesses write, and in-band markers `R<gen>:<pos>` saying "the text up to pos goes
-here", so the order of the two is kept as before; the worker writes them every 5 ms while text
-flows (50 ms otherwise) and at each flush point. When the worker dies the server reads what no
-marker announced yet: nothing printed is lost.
+holds too: where the small C module _ringtext is built, a TextIOWrapper whose write() copies the
+text's UTF-8 bytes into the mapped pages itself (one memcpy per print, faster than the old private
+buffer); else a write-through TextIOWrapper whose buffer's `write` is an mmap's own (C code, no
+Python frame per print). Either way text is in shared pages the moment print() returns. The pipes
+still carry what C code and subprocesses write, and in-band markers `R<gen>:<pos>` saying "the text
+up to pos goes here", so the order of the two is kept as before; the worker writes them every 5 ms
+while text flows (50 ms otherwise) and at each flush point. When the worker dies the server reads
+what no marker announced yet: nothing printed is lost.
 
-The price, measured in docs/performance.md: one C call per write instead of a copy into a private
-buffer, which makes printing many short lines slower in the worker than the old 64 KiB block buffer
-(big writes are faster: no pipe). Nothing cheaper survives SIGKILL in pure Python.
+The price of the pure-Python path, measured in docs/performance.md: two C calls and a bytes object
+per print instead of a copy into a private buffer, which makes printing many short lines slower than
+the old 64 KiB block buffer; _ringtext removes it (big writes are faster either way: no pipe).
 
 Layout of the memfd: one header page (per stream: the server's consumed generation and position),
 then for each stream two halves of HALF bytes, sparse. The server reads with pread (the pages stay
 the worker's memory, not the server's). A generation is one pass over a half: when a half holds
-ROTATE_AT bytes and the server has finished the other one, the worker swaps its sink's `write` to
-the other half (one attribute store: atomic). The server, when it reads the first marker of the new
-generation, makes the old half zeros again: its first KEEP bytes by writing zeros (the pages stay,
-so the worker writes into them again without faulting fresh pages in, which costs more than the
-copy itself), the rest by punching holes (the memory goes back). Zeros are what tells, after a
-death, where the text ends. So a namespace that printed a lot holds at most 2 * KEEP per stream
-once idle; one that prints little, a page or two. A server more than LAG_MAX behind makes the next
-print wait for it, as a full pipe did.
+ROTATE_AT bytes and the server has finished the other one, the worker moves its writes to the other
+half (one attribute store, or one C call: atomic under the GIL). The server, when it reads the first
+marker of the new generation, makes the old half zeros again: its first KEEP bytes by writing zeros
+(the pages stay, so the worker writes into them again without faulting fresh pages in, which costs
+more than the copy itself), the rest by punching holes (the memory goes back). Zeros are what tells,
+after a death, where the text ends. So a namespace that printed a lot holds at most 2 * KEEP per
+stream once idle; one that prints little, a page or two. A server more than LAG_MAX behind makes the
+next print wait for it, as a full pipe did.
 """
 
 from __future__ import annotations
@@ -134,10 +136,27 @@ class RingWriter:
         self._previous_end = 0
         self.sink = _Sink(self.mark, 1 + stream)
         self.sink.write = self._halves[0].write
+        self._text: Any = None  # the RingText printing into the ring itself, once attached
 
     @property
     def _current(self) -> mmap.mmap:
         return self._halves[self.gen % 2]
+
+    def attach(self, text: Any) -> None:
+        """Let text (a _ringtext.RingText over this sink) copy prints into the ring itself; what
+        it declines, and bytes written to its buffer, come back here at the same position."""
+        with self._lock:
+            text._target(self._current, self._current.tell())
+            self.sink.write = text._write_bytes
+            self._text = text
+
+    def _tell(self) -> int:
+        """Bytes written into the current half."""
+        return int(self._text._tell()) if self._text is not None else self._current.tell()
+
+    def _writer(self) -> Callable[[Any], Any]:
+        """The sink's write when printing is not held back."""
+        return self._text._write_bytes if self._text is not None else self._current.write
 
     def mark(self) -> None:
         """Tell the server, in the pipe, that the text printed so far goes here."""
@@ -145,7 +164,7 @@ class RingWriter:
             self._mark_locked()
 
     def _mark_locked(self) -> None:
-        pos = self._current.tell()
+        pos = self._tell()
         if pos != self._marked:
             os.write(self._marker_fd, self._marker(b"R%d:%d" % (self.gen, pos)))
             self._marked = pos
@@ -158,28 +177,35 @@ class RingWriter:
         """The flusher's tick: mark, move to the other half when this one is full enough, and
         make the next print wait for a server that fell far behind; True if text came."""
         with self._lock:
-            came = self._current.tell() != self._marked
+            came = self._tell() != self._marked
             self._mark_locked()
             if self._marked >= ROTATE_AT and self._head.get()[0] == self.gen:
                 self._rotate()
             if self._lag() > LAG_MAX:
                 self.sink.write = self._slow_write
+                if self._text is not None:
+                    self._text._set_fast(False)  # its prints go through the sink's write too
             return came
 
     def _lag(self) -> int:
         """Bytes printed that the server has not read yet."""
         head_gen, head_pos = self._head.get()
         behind = self._previous_end if head_gen != self.gen else 0
-        return self._current.tell() + behind - head_pos
+        return self._tell() + behind - head_pos
 
     def _rotate(self) -> None:
         following = self._halves[(self.gen + 1) % 2]
         following.seek(0)
         previous = self._current
-        # One attribute store: a print runs wholly in C under the GIL, so it lands in one half or
-        # the other, never between; after this line none lands in the previous one.
-        self.sink.write = following.write
-        end = previous.tell()
+        if self._text is not None:
+            # One call that writes nothing meanwhile: it swaps the half and says where the
+            # previous one ended.
+            end = int(self._text._target(following, 0))
+        else:
+            # One attribute store: a print runs wholly in C under the GIL, so it lands in one
+            # half or the other, never between; after this line none lands in the previous one.
+            self.sink.write = following.write
+            end = previous.tell()
         if end != self._marked:
             os.write(self._marker_fd, self._marker(b"R%d:%d" % (self.gen, end)))
         self.gen += 1
@@ -197,8 +223,10 @@ class RingWriter:
             time.sleep(0.001)
         with self._lock:
             if self.sink.write == self._slow_write:
-                self.sink.write = self._current.write
-            return int(self._current.write(data))
+                self.sink.write = self._writer()
+                if self._text is not None:
+                    self._text._set_fast(True)
+            return int(self._writer()(data))
 
 
 class RingReader:

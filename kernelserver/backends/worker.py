@@ -74,6 +74,24 @@ class _ErrStream(io.TextIOWrapper):
         return super().write(text)
 
 
+try:  # imported here, so the fork server has it loaded and a new worker pays nothing
+    from ._ringtext import RingText as _RingText
+except ImportError:  # built by pip where a C compiler is; rings.py works without it
+    _RingText = None
+
+
+# stderr over the C writer: made once, in the fork server, not per worker.
+_RingErrStream = type("_RingErrStream", (_ErrStream, _RingText), {}) if _RingText else None
+
+
+def _ring_text() -> type[io.TextIOWrapper] | None:
+    """The C text writer of rings.py (one memcpy per print), where it was built and not refused."""
+    if os.environ.get("KERNELSERVER_PURE_PYTHON_OUTPUT"):
+        return None  # the fallback, on purpose (tests run both)
+    ring_text: type[io.TextIOWrapper] | None = _RingText
+    return ring_text
+
+
 def _make_streams(ring_fd: int | None, prefix: bytes, out_pipe: int,
                   err_pipe: int) -> list[rings.RingWriter]:
     """sys.stdout/stderr for cells; with ring_fd, text goes into shared memory (see rings.py)."""
@@ -87,6 +105,7 @@ def _make_streams(ring_fd: int | None, prefix: bytes, out_pipe: int,
             writers = []
         os.close(ring_fd)
     buffers: list[Any]
+    ring_text = _ring_text() if writers else None
     if writers:
         # Every print lands in shared memory at once (an mmap's own write, no Python frame).
         buffers, write_through = [w.sink for w in writers], True
@@ -95,11 +114,16 @@ def _make_streams(ring_fd: int | None, prefix: bytes, out_pipe: int,
         # write per printed line capped a printing cell at ~40 MB/s, block writes reach ~170.
         buffers = [io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16) for fd in (1, 2)]
         write_through = False
-    out = io.TextIOWrapper(buffers[0], encoding="utf-8", errors="backslashreplace",
-                           write_through=write_through)
-    err = _ErrStream(buffers[1], encoding="utf-8", errors="backslashreplace", line_buffering=True,
+    text_class: type[io.TextIOWrapper] = ring_text or io.TextIOWrapper
+    err_class: type[_ErrStream] = (_RingErrStream or _ErrStream) if ring_text else _ErrStream
+    out = text_class(buffers[0], encoding="utf-8", errors="backslashreplace",
                      write_through=write_through)
+    err = err_class(buffers[1], encoding="utf-8", errors="backslashreplace", line_buffering=True,
+                    write_through=write_through)
     err.out = out
+    if ring_text is not None:
+        for writer, stream in zip(writers, (out, err), strict=True):
+            writer.attach(stream)
     # The __std*__ originals too: code that restores them must still reach the pipes.
     sys.stdout = sys.__stdout__ = out  # type: ignore[misc]
     sys.stderr = sys.__stderr__ = err  # type: ignore[misc]
