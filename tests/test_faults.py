@@ -310,3 +310,11 @@ def test_workers_print_through_the_c_writer_where_it_is_built(server: LiveServer
         "('RingText', '_RingErrStream')" if built else "('TextIOWrapper', '_ErrStream')")
     assert run(pure_server, "default", code)["result"]["text/plain"] == (
         "('TextIOWrapper', '_ErrStream')")
+
+
+def test_stderr_lines_keep_their_order_with_what_c_code_writes(printing_server: LiveServer) -> None:
+    code = ("import os, sys\nprint('python line', file=sys.stderr)\nos.write(2, b'C-level line\\n')\n"
+            "print('out', flush=True)\nos.write(1, b'C out\\n')")
+    answer = run(printing_server, "default", code)
+    assert answer["stderr"] == "python line\nC-level line\n"
+    assert answer["stdout"] == "out\nC out\n"

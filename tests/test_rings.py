@@ -73,6 +73,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
         out = io.TextIOWrapper(writer.sink, encoding="utf-8",  # type: ignore[arg-type]
                                errors="backslashreplace", write_through=True)
     yield Pair(writer, reader, out, read_end, fd)
+    out.close()  # its last flush marks into the pipe: before the pipe goes
     reader.close()
     os.close(read_end)
     os.close(write_end)
@@ -170,3 +171,40 @@ def test_text_bytes_and_odd_strings_land_in_order(pair: Pair) -> None:
     assert pair.read_marked() == ("ascii, ünïcödé ✓, bytes, lone \\udc80 surrogate, "
                                   "a str subclass, lines\n")
     assert isinstance(pair.out, io.TextIOWrapper) and pair.out.encoding == "utf-8"
+
+
+def test_a_line_buffered_stream_marks_each_line_at_once(pair: Pair) -> None:
+    """stderr is line-buffered: each line's marker goes into the pipe as it is printed, so text
+    that C code writes to the same pipe right after lands after it, as in a terminal."""
+    pair.out.reconfigure(line_buffering=True)
+    print("python line", file=pair.out)
+    assert pair.markers_sent() == [(0, len("python line\n"))]  # no flusher tick needed
+    assert pair.reader.take(0, len("python line\n")).__next__() == "python line\n"
+
+
+def test_settings_the_direct_copy_cannot_honour_are_honoured(pair: Pair) -> None:
+    pair.out.reconfigure(newline="\r\n")
+    pair.out.write("a\nb")
+    pair.out.reconfigure(newline="\n")
+    pair.out.write("\nc")
+    pair.writer.tend()
+    assert pair.read_marked() == "a\r\nb\nc"
+
+
+def test_wrapping_the_stream_again_keeps_printing_into_the_ring(pair: Pair) -> None:
+    pair.out.write("before ")
+    pair.out.__init__(pair.writer.sink, encoding="utf-8", write_through=True)  # type: ignore[misc]
+    pair.out.write("after")
+    pair.writer.tend()
+    assert pair.read_marked() == "before after"
+
+
+def test_printing_big_non_ascii_text_keeps_no_copy_of_it(pair: Pair) -> None:
+    import sys
+
+    text = "é" * 1_000_000
+    size = sys.getsizeof(text)
+    pair.out.write(text)
+    assert sys.getsizeof(text) == size  # no UTF-8 copy cached in the str for its whole life
+    pair.writer.tend()
+    assert pair.read_marked() == text
