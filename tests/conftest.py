@@ -168,6 +168,16 @@ def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "
     raise RuntimeError(f"server did not come up:\n{log.read_text()}")
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+           ) -> Iterator[LiveServer]:
+    """A real server with default settings, shared by a test module (a module may define its
+    own `server` with other settings)."""
+    live = start_server(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    yield live
+    live.stop()
+
+
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A real server on 127.0.0.1 (process backend), stopped at teardown."""

@@ -7,7 +7,6 @@ import os
 import stat
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from click.testing import CliRunner
 from kernelserver import __version__, probe
 from kernelserver.cli import cli
 
-from conftest import ApiClient, LiveServer, free_port, start_server
+from conftest import ApiClient, LiveServer, free_port
 
 PROBE_KEYS = {"python", "platform", "cpu_count", "memory_total", "packages", "gpus", "gpu_count"}
 
@@ -97,13 +96,6 @@ def test_probe_without_any_gpu_source(no_nvidia_smi: None) -> None:
     found = probe.collect()
     assert found["gpus"]["nvidia_smi"] == {"present": False, "devices": []}
     assert found["gpu_count"] == (1 if found["gpus"]["torch"].get("available") else 0)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = start_server(tmp_path_factory.mktemp("check"))
-    yield live
-    live.stop()
 
 
 def run_check(server: LiveServer, *args: str, token: str | None = None) -> Any:

@@ -28,14 +28,6 @@ TICKER = "import time\nfor i in range({lines}):\n    print(i, flush=True)\n    t
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One real server for the module (process backend)."""
-    live = start_server(tmp_path_factory.mktemp("cli-commands"))
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server: LiveServer) -> Iterator[Client]:
     """A Python client of the module's server, to set the scene."""
     with Client(server.url, server.token) as connected:

@@ -25,14 +25,6 @@ from kernelserver.results import ErrorInfo
 from conftest import LiveServer, free_port, server_pid, start_server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One real server for the module's end-to-end tests."""
-    live = start_server(tmp_path_factory.mktemp("client-errors"))
-    yield live
-    live.stop()
-
-
 @pytest.fixture
 def silent_url() -> Iterator[str]:
     """A server that accepts connections and never answers."""

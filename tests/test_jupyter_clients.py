@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import LiveServer, free_port, start_server, wait_until
+from conftest import LiveServer, free_port, wait_until
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow
 
 JS = Path(__file__).resolve().parent / "js"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = start_server(tmp_path_factory.mktemp("clients"))
-    yield live
-    live.stop()
 
 
 @pytest.fixture

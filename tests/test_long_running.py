@@ -25,14 +25,6 @@ from conftest import ApiClient, LiveServer, process_tree, start_server, wait_unt
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One real server shared by this module's tests (each uses its own namespace)."""
-    live = start_server(tmp_path_factory.mktemp("long"))
-    yield live
-    live.stop()
-
-
 def post(server: LiveServer, path: str, body: dict[str, Any], **kwargs: Any) -> requests.Response:
     kwargs.setdefault("timeout", 60)
     return requests.post(server.url + path, json=body, headers=server.headers, **kwargs)

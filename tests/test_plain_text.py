@@ -5,21 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
 
-from conftest import LiveServer, start_server
+from conftest import LiveServer
 
 STATUS = "--- kernelserver: "
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = start_server(tmp_path_factory.mktemp("text"))
-    yield live
-    live.stop()
 
 
 @pytest.mark.slow

@@ -16,6 +16,18 @@ pytestmark = pytest.mark.slow
 SECRET_CODE = "print('code-must-not-be-logged-7')"
 
 
+def logged(tmp_path: Path, mode: str | None = None) -> str:
+    """The output of a server (request_log mode, else the default) that served the requests."""
+    tmp_path.mkdir(exist_ok=True)
+    env = {"KERNELSERVER_TOKEN": TOKEN, **({"KERNELSERVER_REQUEST_LOG": mode} if mode else {})}
+    server = start_server(tmp_path, env=env)
+    try:
+        exercise(server.url)
+    finally:
+        server.stop()
+    return server.output()
+
+
 def exercise(url: str) -> None:
     good = {"Authorization": f"Bearer {TOKEN}"}
     requests.post(url + "/execute", json={"code": SECRET_CODE}, headers=good, timeout=30)
@@ -29,12 +41,8 @@ def exercise(url: str) -> None:
 
 
 def test_text_lines_say_method_path_status_duration_namespace_and_count(tmp_path: Path) -> None:
-    server = start_server(tmp_path, env={"KERNELSERVER_TOKEN": TOKEN})
-    try:
-        exercise(server.url)
-    finally:
-        server.stop()
-    lines = [line for line in server.output().splitlines()
+    log = logged(tmp_path)
+    lines = [line for line in log.splitlines()
              if re.match(r"^\d{4}-\d\d-\d\dT", line) and " /health " not in line]
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
     assert re.fullmatch(stamp + r" POST /execute 200 [\d.]+ms id=default execution_count=1",
@@ -44,32 +52,17 @@ def test_text_lines_say_method_path_status_duration_namespace_and_count(tmp_path
     assert re.fullmatch(stamp + r" POST /execute 401 [\d.]+ms", lines[2]), lines
     assert re.fullmatch(stamp + r" GET /env/history 200 [\d.]+ms id=default", lines[3]), lines
     assert re.fullmatch(stamp + r" GET /api/kernels 200 [\d.]+ms", lines[4]), lines
-    log = server.output()
     assert TOKEN not in log and "code-must-not-be-logged" not in log and "limit=" not in log
 
 
 def test_json_lines_and_off(tmp_path: Path) -> None:
-    (tmp_path / "json").mkdir()
-    (tmp_path / "off").mkdir()
-    server = start_server(tmp_path / "json", env={"KERNELSERVER_TOKEN": TOKEN,
-                                                  "KERNELSERVER_REQUEST_LOG": "json"})
-    try:
-        exercise(server.url)
-    finally:
-        server.stop()
-    records = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    log = logged(tmp_path / "json", "json")
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     records = [r for r in records if r["path"] != "/health"]  # start_server's probes
     assert [(r["method"], r["path"], r["status"]) for r in records] == [
         ("POST", "/execute", 200), ("POST", "/execute", 200), ("POST", "/execute", 401),
         ("GET", "/env/history", 200), ("GET", "/api/kernels", 200)]
     assert records[1]["id"] == "default" and records[1]["execution_count"] == 2
     assert all(isinstance(r["duration_ms"], float) and r["time"].endswith("Z") for r in records)
-    assert TOKEN not in server.output()
-
-    quiet = start_server(tmp_path / "off", env={"KERNELSERVER_TOKEN": TOKEN,
-                                                "KERNELSERVER_REQUEST_LOG": "off"})
-    try:
-        exercise(quiet.url)
-    finally:
-        quiet.stop()
-    assert "/execute" not in quiet.output()
+    assert TOKEN not in log
+    assert "/execute" not in logged(tmp_path / "off", "off")
