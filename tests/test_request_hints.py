@@ -75,3 +75,24 @@ def test_a_deleted_namespace_says_it_was_deleted_and_a_never_seen_one_how_to_cre
     assert "it was deleted" in message and "GET /env/history?id=gone" in message
     never = api.post("/env/get", json={"id": "never"}).get_json()["error"]["message"]
     assert never == "no namespace 'never'; create it with POST /env/create"
+
+
+def test_gpus_or_cpus_on_a_one_box_backend_say_which_backend_places_them(
+        api: ApiClient, backend: str) -> None:
+    answer = api.post("/env/create", json={"id": "wants-gpu", "resources": {"num_gpus": 1}})
+    assert answer.status_code == 400
+    message = answer.get_json()["error"]["message"]
+    assert f"num_gpus need the ray backend, which places namespaces on a cluster; this server " \
+           f"runs the {backend} backend" in message
+    assert ids(api) == []
+    # A memory limit is kept by a worker process, not by cells running inside the server.
+    capped = api.post("/env/create", json={"id": "capped", "resources": {"memory": "1G"}})
+    if backend == "process":
+        assert "(a memory limit works here)" in message and capped.status_code == 201
+    else:
+        assert "memory limit" not in message and capped.status_code == 503
+        assert "cannot limit their memory" in capped.get_json()["error"]["message"]
+
+
+def ids(api: ApiClient) -> list[str]:
+    return [info["id"] for info in api.get("/env/list").get_json()["envs"]]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from ..errors import BadRequest
 from ..results import Cell, ErrorInfo, Outcome
 
 
@@ -137,3 +138,13 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what the backend shares between its kernels."""
+
+
+def refuse_placement(options: NamespaceOptions, backend: str, limits_memory: bool) -> None:
+    """BadRequest when a namespace asks for CPUs or GPUs of a backend that shares one box."""
+    asked = [name for name in ("num_cpus", "num_gpus")
+             if getattr(options.resources, name) is not None]
+    if asked:
+        raise BadRequest(f"resources {', '.join(asked)} need the ray backend, which places "
+                         f"namespaces on a cluster; this server runs the {backend} backend"
+                         + (" (a memory limit works here)" if limits_memory else ""))

@@ -19,10 +19,10 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from .. import introspect
-from ..errors import BadRequest, NamespaceUnavailable
+from ..errors import NamespaceUnavailable
 from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
-from .base import ExitReason, NamespaceOptions, OutputSink, timed_out
+from .base import ExitReason, NamespaceOptions, OutputSink, refuse_placement, timed_out
 
 _Writer = Callable[[str], None]
 _route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
@@ -215,12 +215,7 @@ class InProcessBackend:
 
     def validate(self, options: NamespaceOptions) -> None:
         """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
-        asked = [name for name in ("num_cpus", "num_gpus")
-                 if getattr(options.resources, name) is not None]
-        if asked:
-            raise BadRequest(f"resources {', '.join(asked)} need the ray backend, which places "
-                             "namespaces on a cluster; this server runs the inprocess backend "
-                             "(memory is a limit on every backend)")
+        refuse_placement(options, "inprocess", limits_memory=False)
 
     def cluster(self) -> dict[str, Any] | None:
         """Not a cluster."""

@@ -15,11 +15,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from ..errors import BadRequest, NamespaceUnavailable
+from ..errors import NamespaceUnavailable
 from ..results import Cell, Outcome
 from . import memory as memory_limits
 from . import protocol, rings
-from .base import ExitReason, NamespaceOptions, OutputSink, timed_out, timeout_error
+from .base import (
+    ExitReason,
+    NamespaceOptions,
+    OutputSink,
+    refuse_placement,
+    timed_out,
+    timeout_error,
+)
 from .forkserver import ForkServer, ForkServerError
 from .pipes import CellIO, OutputPipe
 
@@ -567,12 +574,7 @@ class ProcessBackend:
 
     def validate(self, options: NamespaceOptions) -> None:
         """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
-        asked = [name for name in ("num_cpus", "num_gpus")
-                 if getattr(options.resources, name) is not None]
-        if asked:
-            raise BadRequest(f"resources {', '.join(asked)} need the ray backend, which places "
-                             "namespaces on a cluster; this server runs the process backend "
-                             "(memory is a limit on every backend)")
+        refuse_placement(options, "process", limits_memory=True)
 
     def cluster(self) -> dict[str, Any] | None:
         """Not a cluster."""
