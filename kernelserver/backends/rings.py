@@ -49,6 +49,7 @@ READ_SIZE = 30_000  # the server's read: text pieces under allocator.LARGE_BLOCK
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 _HEADER_SLOT = 64  # bytes per stream in the header page
+PIPE_BUF = 4096  # POSIX: a pipe write of at most this many bytes is never interleaved
 
 
 def size() -> int:
@@ -121,6 +122,47 @@ class _Sink:
         self._on_flush()
 
 
+class LineWriter:
+    """A forked child's stream: whole lines straight into the pipe, never into the parent's ring.
+
+    Parent and child share one ring but not its position, so a child writing there overwrites
+    the parent's text and confuses the server's reader for every later cell. A pipe is safe to
+    share: a write of at most PIPE_BUF bytes lands whole, so each write here is whole lines of
+    at most PIPE_BUF (a longer line goes alone, and only it may interleave with another's).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = bytearray()
+
+    def write(self, data: Any) -> int:
+        """Keep data; send the whole lines it completes."""
+        count = len(data)
+        self._pending += data
+        if b"\n" in data or len(self._pending) > PIPE_BUF * 16:
+            self._send(self._pending.rfind(b"\n") + 1 or len(self._pending))
+        return count
+
+    def flush(self) -> None:
+        """Send everything, a partial last line too."""
+        self._send(len(self._pending))
+
+    def _send(self, end: int) -> None:
+        view = memoryview(self._pending)
+        start = 0
+        try:
+            while start < end:
+                stop = end
+                if stop - start > PIPE_BUF:  # cut after the last newline that fits, if any
+                    cut = self._pending.rfind(b"\n", start, start + PIPE_BUF)
+                    stop = cut + 1 if cut >= 0 else self._pending.find(b"\n", start, end) + 1 or end
+                while start < stop:
+                    start += os.write(self._fd, view[start:stop])
+        finally:
+            view.release()
+            del self._pending[:start]
+
+
 class RingWriter:
     """The worker's side of one stream: the text file to print to, and its markers."""
 
@@ -157,6 +199,16 @@ class RingWriter:
     def _writer(self) -> Callable[[Any], Any]:
         """The sink's write when printing is not held back."""
         return self._text._write_bytes if self._text is not None else self._current.write
+
+    def forked(self) -> None:
+        """In a child forked from the worker: print whole lines into the pipe from now on."""
+        # The parent's flusher may have held this lock at the fork; the child has no flusher.
+        self._lock = threading.Lock()
+        child = LineWriter(self.sink.fileno())
+        self.sink.write = child.write
+        self.sink._on_flush = child.flush
+        if self._text is not None:
+            self._text._set_fast(False)  # its prints go through the sink's write too
 
     def mark(self) -> None:
         """Tell the server, in the pipe, that the text printed so far goes here."""

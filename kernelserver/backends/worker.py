@@ -13,6 +13,7 @@ import fcntl
 import functools
 import getpass
 import io
+import multiprocessing.util  # loaded in the fork server: a worker pays nothing (see below)
 import os
 import signal
 import socket
@@ -145,7 +146,41 @@ def _make_streams(ring_fd: int | None, prefix: bytes, out_pipe: int,
 
     threading.Thread(target=tend_periodically, name="stdout-flusher", daemon=True).start()
     _flush_before_handing_over_fds(out)
+    _keep_children_lines_whole(writers, out)
     return writers
+
+
+# Run first by the -c program of every Python that multiprocessing starts (spawn, forkserver):
+# such a Python's stdout on a pipe is block-buffered (or, under PYTHONUNBUFFERED, one write per
+# write() call: print's text and its newline apart), and several of them writing one pipe cut
+# each other's lines; line-buffered, each print is one write of whole lines.
+_LINE_BUFFERED = ("import sys\nfor _s in (sys.stdout, sys.stderr):\n    try:\n"
+                  "        _s.reconfigure(line_buffering=True, write_through=False)\n"
+                  "    except Exception:\n"
+                  "        pass\ndel _s\n")
+
+
+def _keep_children_lines_whole(writers: list[rings.RingWriter], out: io.TextIOWrapper) -> None:
+    """What the namespace's other processes print reaches the server whole, line by line."""
+    def in_child() -> None:
+        for writer in writers:
+            writer.forked()  # off the parent's ring, into the pipe (see rings.LineWriter)
+        if not writers:
+            out.reconfigure(line_buffering=True)  # whole lines, not 64 KiB blocks, per write
+
+    os.register_at_fork(after_in_child=in_child)
+    spawnv_passfds = multiprocessing.util.spawnv_passfds
+
+    @functools.wraps(spawnv_passfds)
+    def line_buffered(path: Any, args: Any, passfds: Any) -> Any:
+        args = list(args)
+        for index in range(len(args) - 1):
+            if args[index] == "-c" and not str(args[index + 1]).startswith(_LINE_BUFFERED):
+                args[index + 1] = _LINE_BUFFERED + str(args[index + 1])
+                break
+        return spawnv_passfds(path, args, passfds)
+
+    multiprocessing.util.spawnv_passfds = line_buffered
 
 
 def _flush_before_handing_over_fds(out: io.TextIOWrapper) -> None:
