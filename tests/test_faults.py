@@ -255,6 +255,37 @@ def test_a_detached_process_dies_with_its_namespace(server: LiveServer, how: str
     assert not pid_alive(pid)  # gone when the request returns
 
 
+# Detached like DETACHED, and slow to die: freeing 1 GiB of touched memory takes the kernel a
+# while after SIGKILL (a busy machine delays any process's death the same way), so an answer
+# sent right after the signal would find it still running.
+DETACHED_HEAVY = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        held = b'\\x01' * (1 << 30)
+        os.write(w, str(os.getpid()).encode())
+        time.sleep(5557)
+    os._exit(0)
+os.wait()
+int(os.read(r, 32))
+"""
+
+
+@pytest.mark.parametrize("how", ["delete", "restart"])
+def test_a_detached_process_slow_to_die_is_dead_when_the_answer_comes(server: LiveServer,
+                                                                      how: str) -> None:
+    namespace = f"heavy-{how}"
+    post(server, "/env/create", {"id": namespace})
+    pid = int(run(server, namespace, DETACHED_HEAVY)["result"]["text/plain"])
+    assert pid_alive(pid)
+    post(server, f"/env/{how}", {"id": namespace})
+    assert not pid_alive(pid)  # dead (a zombie at most) when the request returns
+    if how == "restart":
+        post(server, "/env/delete", {"id": namespace})
+
+
 def test_a_detached_process_dies_with_a_killed_server(tmp_path: Path) -> None:
     live = start_server(tmp_path)
     try:

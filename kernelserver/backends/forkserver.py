@@ -66,14 +66,16 @@ def _child(sock: socket.socket, wakeup_r: int, wakeup_w: int, fds: list[int],
 
 
 def _kill_orphans(workers: set[int]) -> None:
-    """Kill what a worker left behind when it died, re-parented here (we are a subreaper)."""
-    for child in proctree.children(os.getpid()):
-        if child not in workers:
-            proctree.kill_descendants(child)
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    """Kill what a worker left behind when it died, re-parented here (we are a subreaper), and
+    wait until it is dead: the exit is reported after, and a delete answers only then."""
+    orphans = [child for child in proctree.children(os.getpid()) if child not in workers]
+    for child in orphans:
+        proctree.kill_descendants(child)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proctree.wait_dead(orphans)
 
 
 def _take_everything_along(signum: int, frame: object) -> None:

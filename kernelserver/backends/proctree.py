@@ -87,11 +87,13 @@ def _zombie(pid: int) -> bool:
         return True  # gone already
 
 
-def kill_descendants(root: int, rounds: int = 10) -> int:
-    """SIGKILL everything below root, again while anything is left (a fork in between); the
-    number of processes signalled. Bounded: a fork bomb outrunning it is for the caller's next try."""
+def kill_descendants(root: int, timeout: float = 5.0) -> int:
+    """SIGKILL everything below root, again while anything is left alive (a fork in between),
+    until every one is dead; the number of signals sent. Bounded by timeout: a fork bomb
+    outrunning it, or a process stuck in the kernel, is for the caller's next try."""
     killed = 0
-    for _ in range(rounds):
+    deadline = time.monotonic() + timeout
+    while True:
         found = [pid for pid in descendants(root) if not _zombie(pid)]
         if not found:
             break
@@ -101,5 +103,19 @@ def kill_descendants(root: int, rounds: int = 10) -> int:
                 killed += 1
             except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(0.005)  # let the kernel re-parent what they forked meanwhile
+        if time.monotonic() >= deadline:
+            break
+        # A SIGKILLed process is dead only once the kernel has run its exit, which a busy
+        # machine delays: a delete that answered while it still ran would be a lie.
+        time.sleep(0.002)
     return killed
+
+
+def wait_dead(pids: list[int], timeout: float = 5.0) -> bool:
+    """Wait until each of pids is a zombie or gone; False if some still ran at the timeout."""
+    deadline = time.monotonic() + timeout
+    while any(not _zombie(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
