@@ -84,14 +84,18 @@ class Client:
                 verify=self.verify,
             )
         except requests.exceptions.Timeout as exc:
-            raise ConnectionFailed(f"no answer from {self.url} in time: {exc}") from None
+            failed = ConnectionFailed(f"no answer from {self.url} in time: {exc}")
+            failed.request = exc.request
+            raise failed from None
         except requests.exceptions.RequestException as exc:
             hint = ""
             if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
                     exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):
                 hint = " — is it running? start it with `kernelserver serve`"
-            raise ConnectionFailed(f"cannot reach kernelserver at {self.url}: "
-                                   f"{type(exc).__name__}{hint}") from None
+            failed = ConnectionFailed(f"cannot reach kernelserver at {self.url}: "
+                                      f"{type(exc).__name__}{hint}")
+            failed.request = exc.request
+            raise failed from None
         if response.status_code >= 400:
             raise _error_from(response)
         return response
@@ -101,8 +105,10 @@ class Client:
         try:
             data: dict[str, Any] = response.json()
         except ValueError:
-            raise KernelServerError(f"{self.url}{path} did not answer JSON; is this a "
-                                    "kernelserver?") from None
+            error = KernelServerError(f"{self.url}{path} did not answer JSON; is this a "
+                                      "kernelserver?")
+            error.response, error.request = response, response.request
+            raise error from None
         return data
 
     def health(self) -> dict[str, Any]:
@@ -171,7 +177,9 @@ def _error_from(response: requests.Response) -> KernelServerError:
         details = {k: v for k, v in body.items() if k not in ("code", "message")}
     except (ValueError, KeyError, TypeError):
         code, message, details = "", f"HTTP {response.status_code} from {response.url}", {}
-    return error_class(code, response.status_code)(message, **details)
+    error = error_class(code, response.status_code)(message, **details)
+    error.response, error.request = response, response.request
+    return error
 
 
 class Namespace:
@@ -207,7 +215,7 @@ class Namespace:
         body["wait"] = POLL_SECONDS if wait is None else wait
         data = self.client._json("POST", "/execute", json_body=body,
                                  timeout=body["wait"] + self.client.timeout)
-        result = _bind(ExecutionResult.from_dict(data), self)
+        result = ExecutionResult.from_dict(data, source=self)
         if wait is None and not result.finished:
             return self.wait_for(result.execution_count)
         return result
@@ -262,7 +270,7 @@ class Namespace:
         data = self.client._json("GET", "/env/execution",
                                  params={"id": self.id, "n": n, "wait": wait},
                                  timeout=wait + self.client.timeout)
-        return _bind(ExecutionResult.from_dict(data), self)
+        return ExecutionResult.from_dict(data, source=self)
 
     def wait_for(self, n: int, timeout: float | None = None) -> ExecutionResult:
         """Long-poll execution n until it finishes (or timeout seconds pass)."""
@@ -304,10 +312,3 @@ class Namespace:
         """Delete the namespace; its worker and memory are gone when this returns."""
         return self.client._json("POST", "/env/delete", json_body={"id": self.id},
                                  timeout=self.client.slow_timeout)
-
-
-def _bind(result: ExecutionResult, namespace: Namespace) -> ExecutionResult:
-    # ExecutionResult is frozen and shared with the server; the client attaches its namespace
-    # out of band so result.wait() can poll.
-    object.__setattr__(result, "_namespace", namespace)
-    return result

@@ -15,6 +15,10 @@ class KernelServerError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    # Set by the client, as requests does: the HTTP answer it raised for (its headers carry
+    # Retry-After on a 429 or 503), and the request that got it; None on the server.
+    response: Any = None
+    request: Any = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

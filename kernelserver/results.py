@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from .encoding import Text
 from .errors import CellError
@@ -18,6 +18,14 @@ Status = Literal["queued", "running", "ok", "error", "interrupted", "timeout"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "ok", "error", "interrupted", "timeout")
 FINISHED = frozenset({"ok", "error", "interrupted", "timeout"})
 NamespaceState = Literal["starting", "idle", "busy", "dead"]
+
+
+class ResultSource(Protocol):
+    """Where a running result can be waited for: the client's Namespace."""
+
+    def wait_for(self, n: int, timeout: float | None = None) -> ExecutionResult:
+        """Execution n once finished (or as it is after timeout seconds)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,8 @@ class ExecutionResult:
     started_at: str | None = None
     duration_ms: float | None = None
     code: str = field(default="", repr=False, compare=False)
+    # Where .wait() polls: set by the client that fetched it; never part of the JSON.
+    source: ResultSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -170,14 +180,16 @@ class ExecutionResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExecutionResult:
-        """Build from the JSON form; unknown keys are ignored so newer servers stay readable."""
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, data: Mapping[str, Any], source: ResultSource | None = None
+                  ) -> ExecutionResult:
+        """Build from the JSON form; unknown keys are ignored so newer servers stay readable.
+        source is where .wait() polls for it (the client's Namespace)."""
+        known = {f.name for f in fields(cls)} - {"source"}
         values = {k: v for k, v in data.items() if k in known}
         values["displays"] = tuple(values.get("displays") or ())
         if values.get("error"):
             values["error"] = ErrorInfo.from_dict(values["error"])
-        return cls(**values)
+        return cls(**values, source=source)
 
     def with_changes(self, **changes: Any) -> ExecutionResult:
         """A copy with some fields replaced."""
@@ -187,11 +199,9 @@ class ExecutionResult:
         """The finished result, long-polling the server if this one is still running."""
         if self.finished:
             return self
-        namespace = getattr(self, "_namespace", None)
-        if namespace is None:
+        if self.source is None:
             raise RuntimeError("this result did not come from a Client; nothing to poll")
-        result: ExecutionResult = namespace.wait_for(self.execution_count, timeout)
-        return result
+        return self.source.wait_for(self.execution_count, timeout)
 
     def raise_for_error(self) -> ExecutionResult:
         """Raise CellError with the remote traceback unless the cell finished ok; else return self."""

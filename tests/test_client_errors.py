@@ -203,3 +203,35 @@ def test_a_server_that_dies_mid_stream_is_one_line(tmp_path: Path) -> None:
 def test_a_url_with_another_scheme_is_refused_at_once() -> None:
     with pytest.raises(ConnectionFailed, match="^--url 'ftp://127.0.0.1:5000': the scheme must be "):
         Client("ftp://127.0.0.1:5000", "t")
+
+
+def test_an_api_error_keeps_the_response_and_the_request(server: LiveServer) -> None:
+    from kernelserver.errors import NamespaceNotFound
+
+    with Client(server.url, token=server.token) as client:
+        with pytest.raises(NamespaceNotFound) as raised:
+            client.namespace("never-made", create=False).info()
+    response = raised.value.response
+    assert response.status_code == 404 and response.json()["error"]["code"] == "namespace_not_found"
+    assert "content-type" in response.headers
+    assert raised.value.request.url.endswith("/env/get")
+
+
+def test_a_connection_failure_keeps_its_request() -> None:
+    with Client(f"http://127.0.0.1:{free_port()}", token="t") as client:
+        with pytest.raises(ConnectionFailed) as raised:
+            client.health()
+    assert raised.value.response is None and raised.value.request.url.endswith("/health")
+
+
+def test_a_running_result_waits_through_the_namespace_that_fetched_it(server: LiveServer) -> None:
+    with Client(server.url, token=server.token) as client:
+        namespace = client.namespace("waiting")
+        try:
+            running = namespace.run("import time\ntime.sleep(0.5)\n41 + 1", wait=0)
+            assert not running.finished and running.source is namespace
+            assert running.wait(timeout=30).result == {"text/plain": "42"}
+        finally:
+            namespace.delete()
+    with pytest.raises(RuntimeError, match="did not come from a Client"):
+        dataclasses.replace(running, source=None).wait()
