@@ -97,7 +97,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service = Service(settings, __version__)
     app.extensions["kernelserver"] = service
     # First: a request the guard refuses is timed and logged too.
-    requestlog.install(app, settings["request_log"])
+    requestlog.install(app, settings["request_log"], settings["token"])
     auth.install(app, service.token, settings)
     # On SIGTERM serving.py runs these in order: cells are interrupted and their answers go out,
     # then WebSockets close (1001, going away), then what is still running is killed.

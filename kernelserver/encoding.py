@@ -62,12 +62,26 @@ def dumps(data: Any) -> bytes:
     return json_bytes(data) + b"\n"
 
 
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than the parsers go: invalid input like any other, never a crash."""
+
+
 def loads(raw: bytes | str) -> Any:
     """Parse JSON; what orjson refuses (lone surrogate escapes, NaN, huge integers) json reads."""
+    # Every failure is a ValueError (JSONTooDeep for nesting past orjson's 1024 levels or json's
+    # recursion limit, where json raised RecursionError): whoever refuses invalid JSON (a 400, a
+    # closed WebSocket) refuses deep JSON too.
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).lower()
+        if "depth limit" in reason or "recursion limit" in reason:
+            # json would only recurse into the same input until its own limit: say so at once.
+            raise JSONTooDeep(f"JSON nested too deeply ({exc})") from None
+    try:
         return json.loads(raw)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply (past the parser's recursion limit)") from None
 
 
 def text_size(data: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -15,6 +16,7 @@ from .config import MIN_MEMORY_LIMIT, parse_size
 from .encoding import loads
 from .errors import (
     BadRequest,
+    KernelServerError,
     LimitExceeded,
     PayloadTooLarge,
     RequestTimeout,
@@ -29,22 +31,46 @@ def current_service() -> Service:
     return service
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 60, 60
+
+
+def shown(value: Any) -> str:
+    """A request's value as an error message names it: short, however long or deep it is."""
+    # repr() of a list nested 990 levels (orjson reads 1024) recurses past Python's limit.
+    return _SHOWN.repr(value)
+
+
 def params() -> Mapping[str, Any]:
     """The request's fields, whichever way they were sent."""
     if request.method == "GET":
         return request.args
     try:
         return _body_params()
-    except (TimeoutError, ClientDisconnected):
+    except (TimeoutError, ClientDisconnected) as exc:
+        _raise_what_the_server_said(exc)
         # werkzeug reports a read that timed out as a disconnect.
         raise RequestTimeout(
             f"the request body stopped arriving for "
             f"{current_service().config['request_read_timeout']:g} s; send it whole") from None
 
 
+def _raise_what_the_server_said(exc: BaseException) -> None:
+    """Raise the error the server (serving.py's worker) gave for a malformed body, if it did."""
+    # werkzeug turns an error the WSGI input raises into ClientDisconnected; a body that was not
+    # cut off but malformed (a chunk size that is not hex) is the client's 400, not a 408.
+    said = exc.__context__
+    if isinstance(exc, ClientDisconnected) and isinstance(said, KernelServerError):
+        raise said from None
+
+
 def read_body() -> bytes:
     """The whole request body; PayloadTooLarge past max_body_bytes, chunked bodies included."""
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except ClientDisconnected as exc:
+        _raise_what_the_server_said(exc)
+        raise
     if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
         # A chunked body has no length to refuse up front, and werkzeug stops reading it at the
         # limit without a word: the code cut there would run. Whatever follows means too large.
@@ -117,7 +143,7 @@ def field_float(data: Mapping[str, Any], name: str) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"field {name!r} must be a number of seconds, not {value!r}") from None
+        raise BadRequest(f"field {name!r} must be a number of seconds, not {shown(value)}") from None
     if not (0 <= number < 10**9):
         raise BadRequest(f"field {name!r} must be between 0 and 1e9 seconds")
     return number
@@ -130,11 +156,11 @@ def field_int(data: Mapping[str, Any], name: str, default: int | None = None,
     if value is None:
         raise BadRequest(f"missing field {name!r}")
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise BadRequest(f"field {name!r} must be an integer, not {value!r}")
+        raise BadRequest(f"field {name!r} must be an integer, not {shown(value)}")
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"field {name!r} must be an integer, not {value!r}") from None
+        raise BadRequest(f"field {name!r} must be an integer, not {shown(value)}") from None
     if not -(2**63) <= number < 2**63:  # SQLite's integers are 64-bit
         raise BadRequest(f"field {name!r} is out of range")
     if minimum is not None and number < minimum:
@@ -162,6 +188,9 @@ def field_memory(data: Mapping[str, Any], name: str) -> int | None:
     value = data.get(name)
     if value is None or value == "":
         return None
+    if isinstance(value, str) and len(value) > 64:  # no size is that long: not echoed whole
+        raise BadRequest(f"field {name!r}: {shown(value)} is not a size: use bytes or a string "
+                         "such as '512M' or '2G'")
     try:
         size = parse_size(value)
     except ValueError as exc:
@@ -206,11 +235,11 @@ def _count(data: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRequest(f"resources.{name} must be a number, not {value!r}")
+        raise BadRequest(f"resources.{name} must be a number, not {shown(value)}")
     try:
         number = float(value)
     except ValueError:
-        raise BadRequest(f"resources.{name} must be a number, not {value!r}") from None
+        raise BadRequest(f"resources.{name} must be a number, not {shown(value)}") from None
     if not 0 <= number <= 4096:
         raise BadRequest(f"resources.{name} must be between 0 and 4096")
     return number
@@ -272,4 +301,4 @@ def field_bool(data: Mapping[str, Any], name: str) -> bool:
         return value.lower() in ("true", "1", "yes", "on")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise BadRequest(f"field {name!r} must be true or false, not {value!r}")
+    raise BadRequest(f"field {name!r} must be true or false, not {shown(value)}")

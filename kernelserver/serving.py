@@ -25,6 +25,11 @@ worker class here closes them:
   sockets at once; a connection reaches a thread only with its whole header block in hand. (Not
   with TLS, whose handshake gunicorn does on the thread: there the deadline is the bound, and a
   TLS-terminating proxy in front is the remedy.)
+- gunicorn answers a request it cannot parse with an HTML page that echoes what it refused (a
+  request line with its `?token=`), and logs it; a malformed chunked body raised out of the app's
+  read as a 500 with a traceback. Both are now a 4xx in the one JSON error shape, and one log line
+  at most, and every log record of the process goes through requestlog's redaction: the token
+  (and any `token=` query value or Authorization value) never reaches the log.
 """
 
 from __future__ import annotations
@@ -40,12 +45,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gunicorn.http.errors import NoMoreData
+from gunicorn import util
+from gunicorn.http.errors import (
+    ChunkMissingTerminator,
+    ConfigurationProblem,
+    ExpectationFailed,
+    ForbiddenProxyRequest,
+    InvalidChunkExtension,
+    InvalidChunkSize,
+    InvalidHeader,
+    InvalidHeaderName,
+    InvalidHTTPVersion,
+    InvalidRequestLine,
+    InvalidRequestMethod,
+    InvalidResponseHeader,
+    InvalidResponseHeaderName,
+    LimitRequestHeaders,
+    LimitRequestLine,
+    NoMoreData,
+    ObsoleteFolding,
+    ParseException,
+    UnsupportedTransferCoding,
+)
 from gunicorn.workers.gthread import ThreadWorker
 
 from .allocator import release_large_blocks
 from .encoding import dumps
-from .errors import HeadersTooLarge
+from .errors import BadRequest, HeadersTooLarge, error_body
+from .requestlog import Redactor, install_log_redaction
 
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close
 LINGER_DRAIN_BYTES = 65536
@@ -53,6 +80,7 @@ MAX_LINGERING = 1024  # beyond this, sockets are closed at once rather than held
 MAX_HEAD_BYTES = 64 * 1024  # a request's header block; nginx's default allows 32 KiB
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 READ_CHUNK = 65536
+MAX_DETAIL = 200  # characters of gunicorn's reason for refusing a request, in the answer
 
 
 def _too_large_answer() -> bytes:
@@ -148,12 +176,91 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
+# What a request gunicorn cannot parse gets: (status, reason, code, message), the message
+# followed by gunicorn's own words for it, redacted (they quote the bytes refused).
+_REFUSED: tuple[tuple[type[Exception], int, str, str, str], ...] = (
+    (InvalidRequestLine, 400, "Bad Request", "bad_request", "the request line is malformed"),
+    (InvalidRequestMethod, 400, "Bad Request", "bad_request", "the request method is malformed"),
+    (InvalidHTTPVersion, 400, "Bad Request", "bad_request",
+     "the HTTP version is malformed or not supported"),
+    (LimitRequestLine, 414, "URI Too Long", "uri_too_long", "the request line is too long"),
+    (LimitRequestHeaders, 431, "Request Header Fields Too Large", HeadersTooLarge.code,
+     "the request has too many headers, or too large a one"),
+    (ObsoleteFolding, 400, "Bad Request", "bad_request",
+     "a header is folded over lines (obsolete, refused)"),
+    (InvalidHeaderName, 400, "Bad Request", "bad_request", "a header name is malformed"),
+    (InvalidHeader, 400, "Bad Request", "bad_request", "a header is malformed"),
+    (UnsupportedTransferCoding, 501, "Not Implemented", "not_implemented",
+     "the Transfer-Encoding is not supported: send the body whole or chunked"),
+    (ExpectationFailed, 417, "Expectation Failed", "expectation_failed",
+     "the Expect header asks for what the server does not do (only 100-continue)"),
+    (ForbiddenProxyRequest, 403, "Forbidden", "forbidden", "proxy request refused"),
+    (ParseException, 400, "Bad Request", "bad_request", "the request is malformed"),
+)
+_CHUNK_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+# A chunked body found malformed while the app reads it: said in the app's own answer (a 400).
+_BODY_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidChunkSize, "a chunk size is not a hexadecimal number (or has text after it)"),
+    (ChunkMissingTerminator, "a chunk does not end with CRLF where its size says it does"),
+    (InvalidChunkExtension, "a chunk extension is malformed"),
+    (ParseException, "its framing or trailers are malformed"),
+)
+
+
+def _refusal(exc: Exception) -> tuple[int, str, str, str] | None:
+    """How to answer a request gunicorn could not parse; None for what is not the client's fault."""
+    if isinstance(exc, (ConfigurationProblem, InvalidResponseHeader, InvalidResponseHeaderName)):
+        return None
+    for cls, status, reason, code, message in _REFUSED:
+        if isinstance(exc, cls):
+            return status, reason, code, message
+    return None
+
+
+def _json_answer(status: int, reason: str, code: str, message: str) -> bytes:
+    body = dumps(error_body(code, message))
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+
+
+class CheckedBody:
+    """gunicorn's wsgi.input, whose parse errors are the client's 400 (BadRequest), not a 500."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def _checked(self, read: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return read(*args)
+        except ParseException as exc:
+            why = next(text for cls, text in _BODY_ERRORS if isinstance(exc, cls))
+            raise BadRequest(f"the chunked request body is malformed: {why}") from None
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._checked(self._body.read, size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._checked(self._body.readline, size)
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        return self._checked(self._body.readlines, size)
+
+    def __iter__(self) -> CheckedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._checked(self._body.__next__)
+
+
 class ReadTimeoutWorker(ThreadWorker):
     """ThreadWorker with per-read timeouts and lingering closes off its event loop."""
 
     read_timeout: float = 15.0
 
     def init_process(self) -> None:
+        # Before anything can log: the token is added once the app is loaded (load_wsgi).
+        self.redactor = Redactor()
+        install_log_redaction(self.redactor)
         self.closer = Closer()
         # Connections whose request headers are arriving, read on the event loop, with their
         # deadlines. Insertion order is deadline order (each is now + the same timeout, and a
@@ -290,8 +397,16 @@ class ReadTimeoutWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         app: Any = self.wsgi  # type: ignore[has-type]
+        service = getattr(app, "extensions", {}).get("kernelserver")
+        if service is not None:
+            self.redactor.add(service.token)
 
         def honour_connection_close(environ: dict[str, Any], start_response: Any) -> Any:
+            # (And check the body: a malformed one is the client's 400, see CheckedBody.)
+            body = environ.get("wsgi.input")
+            if body is not None:
+                environ["wsgi.input"] = CheckedBody(body)
+
             def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
                     # gunicorn drops the app's hop-by-hop headers; its response object (the
@@ -305,6 +420,30 @@ class ReadTimeoutWorker(ThreadWorker):
 
         honour_connection_close.__wrapped__ = app  # type: ignore[attr-defined]
         self.wsgi = honour_connection_close
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: Exception) -> None:
+        """A request gunicorn could not parse: one warning line, the answer in the one JSON shape."""
+        refusal = _refusal(exc)
+        if refusal is None:  # the server's fault: gunicorn's 500 and traceback (redacted)
+            super().handle_error(req, client, addr, exc)
+            return
+        status, reason, code, message = refusal
+        ip = addr[0] if isinstance(addr, tuple) and addr else "-"
+        # gunicorn's own words, redacted: the refused bytes may hold the token (a request
+        # line's ?token=, an Expect header), in the log line and in the answer alike.
+        detail = self.redactor.redact(str(exc))
+        self.log.warning("Invalid request from ip=%s: %s", ip, detail)
+        if isinstance(exc, _CHUNK_ERRORS):
+            # A body the app read is checked there (CheckedBody: its 400); one seen here is a
+            # body the app left unread, found malformed while gunicorn drained it after the
+            # answer: a second answer would follow the first. The connection just closes.
+            return
+        if len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL] + "…"
+        try:
+            util.write_nonblock(client, _json_answer(status, reason, code, f"{message} ({detail})"))
+        except Exception:
+            self.log.debug("Failed to send error message.")
 
     def handle(self, conn: Any) -> Any:
         if not getattr(conn, "kernelserver_patched", False):

@@ -14,7 +14,7 @@ from .. import __version__
 from ..backends.base import NamespaceOptions, Resources
 from ..errors import BadRequest, KernelServerError, NotFound
 from ..namespace import NamespaceInfo
-from ..params import current_service, field_resources, json_object, read_body
+from ..params import current_service, field_resources, json_object, read_body, shown
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
@@ -99,8 +99,10 @@ def list_kernels() -> Response:
 def start_kernel() -> Response:
     body = _body()
     name = body.get("name") or replies.KERNEL_NAME
+    if not isinstance(name, str):
+        raise BadRequest(f"name must be a kernelspec's name, not {shown(name)}")
     if name != replies.KERNEL_NAME:
-        raise NotFound(f"no kernelspec {name!r}; this server has {replies.KERNEL_NAME!r}")
+        raise NotFound(f"no kernelspec {shown(name)}; this server has {replies.KERNEL_NAME!r}")
     env = body.get("env")
     if env is not None and not isinstance(env, dict):
         raise BadRequest("env must be an object")
