@@ -304,3 +304,36 @@ def test_the_client_commands_load_no_server_code(command: str) -> None:
     server_only = {"flask", "gunicorn", "kernelserver.service", "kernelserver.history",
                    "kernelserver.datadir", "sqlite3"}
     assert sorted(loaded & server_only) == []
+
+
+def test_token_says_the_recorded_server_is_not_running_after_a_kill_9(tmp_path: Path) -> None:
+    own = start_server(tmp_path, token="")  # a generated token, as a user's server has
+    master = own.proc.pid
+    try:
+        running = ks(None, "token", "--data-dir", str(own.data_dir))
+        assert running.returncode == 0 and running.stdout.strip() in own.output(), running.stderr
+        worker = server_pid(own.data_dir)
+        # kill -9 the server; its master is held stopped so that nothing reaps it yet: the pid
+        # the token file names still exists (as a zombie, or a recycled pid would), but no
+        # server runs there.
+        os.kill(master, signal.SIGSTOP)
+        os.kill(worker, signal.SIGKILL)
+        assert wait_until(lambda: holder(own.data_dir) is None, 15)
+        dead = ks(None, "token", "--data-dir", str(own.data_dir))
+        assert dead.returncode == 1 and dead.stdout == "", dead.stdout
+        assert dead.stderr.count("\n") == 1, dead.stderr
+        assert dead.stderr.startswith("kernelserver: error: the kernelserver recorded in "
+                                      f"{own.data_dir / 'token.json'}")
+        assert f"pid {worker})" in dead.stderr and "is not running" in dead.stderr
+        # Master and worker both gone (nothing left to reap into a zombie): the same answer.
+        os.kill(master, signal.SIGKILL)
+        os.kill(master, signal.SIGCONT)
+        own.proc.wait(15)
+        gone = ks(None, "token", "--data-dir", str(own.data_dir))
+        assert gone.returncode == 1 and "is not running" in gone.stderr, gone.stderr
+    finally:
+        try:
+            os.kill(master, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        own.stop(signal.SIGKILL)

@@ -226,24 +226,23 @@ def stop(data_dir: str | None, timeout: float, as_json: bool) -> None:
               "[env KERNELSERVER_DATA_DIR; else the user data dir].")
 def token_(data_dir: str | None) -> None:
     """Print the token of the server running from this data dir (same OS user only)."""
+    from ..datadir import holder
+
     where = tokenfile.path(data_dir)
     data = tokenfile.read(data_dir)
     if data is None:
         fail(f"no token file at {where}: no server is running from that data dir, or it was "
              "started with --no-auth (or pass --data-dir)", 1)
-        return
-    if not _pid_alive(data.get("pid")):
-        fail(f"{where} is left from a server that is no longer running", 1)
+    # The data dir's lock, as `stop` asks it: held by the server that wrote the token file for
+    # as long as that process lives, and let go by the kernel whatever ends it (kill -9 too).
+    # A pid alone says nothing: a killed server's pid lives on as a zombie, or another
+    # process's.
+    info = holder(where.parent)
+    pid = data.get("pid")
+    if info is None or (pid is not None and info.get("pid") != pid):
+        address = f"{data['host']}:{data['port']}" if data.get("host") and data.get("port") else ""
+        shown = ", ".join(part for part in (address, f"pid {pid}" if pid else "") if part)
+        fail(f"the kernelserver recorded in {where}" + (f" ({shown})" if shown else "")
+             + " is not running: it stopped without removing its token file (killed?); start "
+             "it again with `kernelserver serve`", 1)
     click.echo(data["token"])
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
