@@ -43,6 +43,7 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-quic", "--no-first-run", "--disable-default-apps", "--window-size=1280,860"]
 WAIT = 20.0
+CONTROLS = ("ns", "run", "interrupt", "restart")  # the header's, for a signed-in page only
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,7 @@ def test_the_printed_url_opens_a_working_console(browser: WebDriver, printed_url
     assert browser.execute_script("return sessionStorage.getItem('kernelserver.token')") \
         == printed_url.split("#token=")[1]
     assert browser.switch_to.active_element.get_attribute("id") == "editor"
+    assert all(browser.find_element(By.ID, name).is_displayed() for name in CONTROLS)
     cell = run_cell(browser, "print('hello from the console')\n6 * 7")
     wait_for(lambda: finished(cell))
     assert "hello from the console" in cell.find_element(By.CSS_SELECTOR, ".out pre.stdout").text
@@ -232,17 +234,33 @@ def test_html_output_stays_in_a_sandboxed_frame(page: WebDriver) -> None:
     wait_for(lambda: finished(cell))
     frames = cell.find_elements(By.CSS_SELECTOR, "iframe.html-output")
     assert len(frames) == 2
-    assert all(frame.get_attribute("sandbox") == "" for frame in frames)
+    # Scripts, for the console's frame.js (the inherited CSP refuses the output's own), but no
+    # origin: never allow-same-origin next to allow-scripts.
+    assert all(frame.get_attribute("sandbox") == "allow-scripts" for frame in frames)
     assert "<table" in frames[1].get_attribute("srcdoc")
-    time.sleep(0.5)  # time for an onerror to fire, had it been allowed to
+    # A 2-row DataFrame's frame is as tall as the table, not a fixed 16rem (frame.js reports it).
+    wait_for(lambda: 40 < frames[1].size["height"] < 120)
+    try:
+        page.switch_to.frame(frames[1])
+        assert page.execute_script("return origin") == "null"
+        assert page.execute_script(
+            "return getComputedStyle(document.querySelector('table')).borderCollapse") == "collapse"
+        assert page.execute_script("return document.documentElement.scrollHeight <= innerHeight")
+        page.switch_to.default_content()
+        page.switch_to.frame(frames[0])
+        # Loaded: the broken image has failed, so its onerror had its chance to run.
+        wait_for(lambda: page.execute_script("return document.readyState") == "complete")
+    finally:
+        page.switch_to.default_content()
     assert page.title == "kernelserver"
     assert not page.find_elements(By.ID, "evil")  # never part of the page itself
 
 
 def test_namespaces_and_history(page: WebDriver) -> None:
-    page.find_element(By.ID, "new-id").send_keys("exp-console", Keys.ENTER)
-    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == "exp-console")
-    row = "#namespaces tr[data-id='exp-console']"
+    name = "exp-console-namespace"
+    page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
+    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == name)
+    row = f"#namespaces tr[data-id='{name}']"
     wait_for(lambda: page.find_element(By.CSS_SELECTOR, row + " .state").text == "idle")
     first = run_cell(page, "x = 20\nprint('first cell')")
     wait_for(lambda: finished(first))
@@ -250,6 +268,11 @@ def test_namespaces_and_history(page: WebDriver) -> None:
     wait_for(lambda: finished(second))
     assert second.find_element(By.CSS_SELECTOR, ".result pre").text == "21"
     assert page.find_element(By.CSS_SELECTOR, row + " td:nth-child(3)").text.endswith("MiB")
+    # At 1280 px the sidebar keeps each namespace on one line: id, state, memory, Delete.
+    assert page.execute_script("return innerWidth") == 1280
+    assert page.execute_script(
+        "return [...document.querySelectorAll('#namespaces tr')].every((row) =>"
+        " row.getBoundingClientRect().height < 2 * parseFloat(getComputedStyle(row).lineHeight))")
     # History, newest first: show an old cell's output again, or copy its code to the editor.
     wait_for(lambda: len(page.find_elements(By.CSS_SELECTOR, "#history li")) == 2)
     entries = page.find_elements(By.CSS_SELECTOR, "#history li")
@@ -267,8 +290,15 @@ def test_namespaces_and_history(page: WebDriver) -> None:
     failed = run_cell(page, "x")
     wait_for(lambda: finished(failed))
     assert "NameError" in failed.text
+    # The 2-second poll answers while Delete waits for its "Sure?": the list is updated in place,
+    # so the very same button still asks and takes the second click.
+    table = page.find_element(By.ID, "namespaces")
     delete = page.find_element(By.CSS_SELECTOR, row + " button.delete")
     delete.click()
+    assert delete.text == "Sure?"
+    shown = int(table.get_attribute("data-refreshes"))
+    wait_for(lambda: int(table.get_attribute("data-refreshes")) > shown, timeout=3.5)
+    assert delete.text == "Sure?"
     delete.click()
     wait_for(lambda: not page.find_elements(By.CSS_SELECTOR, row))
     wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == "default")
@@ -282,13 +312,33 @@ def test_without_a_token_it_asks_and_a_wrong_one_says_so(browser: WebDriver, pri
     browser.get(server.url + "/")
     wait_for(lambda: browser.find_element(By.ID, "login").is_displayed())
     assert not browser.find_element(By.ID, "app").is_displayed()
+    # Nothing to run, interrupt or choose before the server took a token.
+    assert not any(browser.find_element(By.ID, name).is_displayed() for name in CONTROLS)
     assert "needs its token" in browser.find_element(By.ID, "login-error").text
     field = browser.find_element(By.ID, "token")
     field.send_keys("not-the-token", Keys.ENTER)
     wait_for(lambda: "wrong token" in browser.find_element(By.ID, "login-error").text)
+    error = browser.find_element(By.ID, "login-error")
+    assert "`" not in error.text  # commands as <code>, not as markdown
+    assert [code.text for code in error.find_elements(By.TAG_NAME, "code")] \
+        == ["serve", "kernelserver token"]
     assert not browser.find_element(By.ID, "app").is_displayed()
+    assert not any(browser.find_element(By.ID, name).is_displayed() for name in CONTROLS)
+    # A wrong token in the fragment leaves the address bar too: pasted into the open page (only
+    # the fragment changes: no reload) ...
+    browser.execute_script("document.getElementById('login-error').textContent = ''")
+    browser.get(server.url + "/#token=not-it-either")
+    wait_for(lambda: "wrong token" in browser.find_element(By.ID, "login-error").text)
+    assert browser.current_url == server.url + "/"
+    # ... and on a fresh load.
+    browser.get("about:blank")
+    browser.get(server.url + "/#token=not-it-either")
+    wait_for(lambda: "wrong token" in browser.find_element(By.ID, "login-error").text)
+    assert browser.current_url == server.url + "/"
+    field = browser.find_element(By.ID, "token")
     field.send_keys(printed_url.split("#token=")[1], Keys.ENTER)
     wait_for(lambda: browser.find_element(By.ID, "app").is_displayed())
+    assert all(browser.find_element(By.ID, name).is_displayed() for name in CONTROLS)
     cell = run_cell(browser, "'pasted'")
     wait_for(lambda: finished(cell))
     assert cell.find_element(By.CSS_SELECTOR, ".result pre").text == "'pasted'"
@@ -313,3 +363,11 @@ def test_screenshot_mid_run(page: WebDriver, tmp_path: Path) -> None:
     if target:
         shutil.copyfile(path, target)
     wait_for(lambda: finished(loop))
+
+
+def test_the_browser_never_asks_for_a_favicon(page: WebDriver, server: LiveServer) -> None:
+    """The page brings its icon (a data: URL), so no load of it, here or in any test before,
+    asked for /favicon.ico, which needs the token like every path outside the console's."""
+    icon = page.find_element(By.CSS_SELECTOR, "link[rel~='icon']")
+    assert icon.get_attribute("href").startswith("data:image/svg+xml,")
+    assert " /favicon.ico " not in server.output()

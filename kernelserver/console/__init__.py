@@ -17,10 +17,13 @@ from ..errors import NotFound
 
 bp = Blueprint("console", __name__)
 
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css",
+          # loaded by HTML outputs' sandboxed frames (opaque origin, the page's inherited CSP)
+          "frame.js": "text/javascript", "frame.css": "text/css"}
 POLICY = TokenPolicy(public_paths=frozenset({"/", *(f"/console/{name}" for name in ASSETS)}))
 # No inline script or style, nothing from another origin; HTML outputs go in sandboxed srcdoc
-# iframes (which inherit this policy), images in data: URLs.
+# iframes (which inherit this policy: only the console's own frame.js runs there), images and
+# the page's icon in data: URLs.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; "
        "frame-ancestors 'none'")

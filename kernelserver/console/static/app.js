@@ -6,12 +6,19 @@ const TOKEN_KEY = "kernelserver.token";
 const NS_KEY = "kernelserver.namespace";
 const POLL_MS = 2000;
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
+// HTML outputs get the console's table style and frame.js, which reports their height: both by
+// absolute URL, as a srcdoc frame has no URL of its own to resolve against.
+const FRAME_HEAD = `<!doctype html><meta charset="utf-8">`
+  + `<link rel="stylesheet" href="${location.origin}/console/frame.css">`
+  + `<script src="${location.origin}/console/frame.js"></script>`;
 
 let token = null;
 let current = sessionStorage.getItem(NS_KEY) || "default";
 let recalled = [];  // code run from this page, newest last (Ctrl+Up / Ctrl+Down)
 let recallAt = 0;
 let pollTimer = null;
+let listAsked = 0;  // calls of refreshNamespaces so far
+let listShown = 0;  // the newest of them whose answer the page shows
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -23,11 +30,17 @@ class ApiError extends Error {
 
 // -- the token: from the URL fragment (never sent to the server), kept for this tab only --
 
-function takeToken() {
+function fragmentToken() {
+  // The fragment's #token= ("" where it is empty), or null where it has none.
   const fragment = new URLSearchParams(location.hash.slice(1));
-  const given = fragment.get("token");
-  if (given) {
-    sessionStorage.setItem(TOKEN_KEY, given);
+  return fragment.has("token") ? fragment.get("token").trim() : null;
+}
+
+function takeToken() {
+  const given = fragmentToken();
+  if (given !== null) {
+    if (given) sessionStorage.setItem(TOKEN_KEY, given);
+    // Out of the address bar once read, right or wrong: not to be bookmarked, shared or shown.
     history.replaceState(null, "", location.pathname + location.search);
   }
   return sessionStorage.getItem(TOKEN_KEY);
@@ -48,9 +61,11 @@ async function failure(response) {
     if (body && body.error) ({code, message} = body.error);
   } catch (_) { /* not JSON: keep the status line */ }
   if (response.status === 401) {
-    showLogin(token ? "wrong token: the server did not accept it. Use the URL serve printed, or "
-                      + "`kernelserver token` on its machine (a restarted server has a new one)."
-                    : "this server needs its token: paste it, or open the URL serve printed.");
+    showLogin(token ? ["wrong token: the server did not accept it. Use the URL ", codeNode("serve"),
+                       " printed, or ", codeNode("kernelserver token"),
+                       " on its machine (a restarted server has a new one)."]
+                    : ["this server needs its token: paste it, or open the URL ", codeNode("serve"),
+                       " printed."]);
   }
   return new ApiError(response.status, code, message);
 }
@@ -69,11 +84,18 @@ function notice(text) {
 
 // -- login --
 
+function signedIn(yes) {
+  // The controls stay hidden until the server took the token: before, they could only fail.
+  $("app").hidden = !yes;
+  $("controls").hidden = !yes;
+  $("login").hidden = yes;
+}
+
 function showLogin(message) {
   if (token) sessionStorage.removeItem(TOKEN_KEY);
-  $("app").hidden = true;
-  $("login").hidden = false;
-  $("login-error").textContent = message || "";
+  signedIn(false);
+  // Text and <code> nodes, never markup: a server's message is no HTML.
+  $("login-error").replaceChildren(...[].concat(message || []));
   $("token").focus();
   clearInterval(pollTimer);
 }
@@ -85,8 +107,7 @@ async function connect() {
     if (error.status !== 401) showLogin(`cannot reach the server: ${error.message}`);
     return;
   }
-  $("login").hidden = true;
-  $("app").hidden = false;
+  signedIn(true);
   $("editor").focus();
   refreshHistory();
   clearInterval(pollTimer);
@@ -130,6 +151,10 @@ function element(tag, className, text) {
   return made;
 }
 
+function codeNode(text) {
+  return element("code", "", text);
+}
+
 function renderBundle(parent, data, className) {
   const box = parent.appendChild(element("div", className));
   if (data["image/png"] || data["image/jpeg"]) {
@@ -143,11 +168,14 @@ function renderBundle(parent, data, className) {
     img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(data["image/svg+xml"]);
     img.alt = data["text/plain"] || "image output";
   } else if (data["text/html"]) {
-    // Never in the page itself: a sandboxed frame runs no script and has no origin.
+    // Never in the page itself: a sandboxed frame has no origin, so it can reach neither this
+    // page nor its token. It inherits the page's CSP, so the only scripts that run there are the
+    // console's own (frame.js, which posts the content's height); the output's are refused.
+    // Never allow-same-origin next to allow-scripts: together they undo the sandbox.
     const frame = box.appendChild(element("iframe", "html-output"));
-    frame.setAttribute("sandbox", "");
+    frame.setAttribute("sandbox", "allow-scripts");
     frame.title = "HTML output";
-    frame.srcdoc = data["text/html"];
+    frame.srcdoc = FRAME_HEAD + data["text/html"];
   } else if (data["text/plain"] !== undefined) {
     box.appendChild(element("pre", "text", data["text/plain"].replace(ANSI, "")));
   } else {
@@ -163,6 +191,19 @@ let stick = true;
 function following(change) {
   change();
   if (stick) $("cells").scrollTop = $("cells").scrollHeight;
+}
+
+function fitFrame(event) {
+  // A number from one of the output frames (anything in a frame can post: check both), clamped.
+  const height = Number(event.data && event.data.height);
+  if (!Number.isFinite(height)) return;
+  for (const frame of document.querySelectorAll("iframe.html-output")) {
+    if (frame.contentWindow === event.source) {
+      const fitted = Math.round(Math.min(Math.max(height, 20), window.innerHeight * 0.7));
+      following(() => { frame.style.height = `${fitted + 2}px`; });  // + its 1px borders
+      return;
+    }
+  }
 }
 
 class CellView {
@@ -313,24 +354,30 @@ function bytes(count) {
 
 function armed(button, label, action) {
   // Two clicks: the first asks, the second (within 4 s) acts.
+  let timer = null;
+  const disarm = () => {
+    clearTimeout(timer);
+    delete button.dataset.armed;
+    button.textContent = label;
+  };
   button.addEventListener("click", () => {
     if (button.dataset.armed) {
-      delete button.dataset.armed;
-      button.textContent = label;
+      disarm();
       action();
       return;
     }
     button.dataset.armed = "1";
     button.textContent = "Sure?";
-    setTimeout(() => {
-      delete button.dataset.armed;
-      button.textContent = label;
-    }, 4000);
+    timer = setTimeout(disarm, 4000);
   });
 }
 
 async function refreshNamespaces() {
+  const asked = ++listAsked;
   const {envs} = await api("GET", "/env/list");
+  // Answers can cross (the poll's, a run's): an older one must not undo what a newer one showed.
+  if (asked < listShown) return envs;
+  listShown = asked;
   const select = $("ns");
   const ids = envs.map((info) => info.id);
   if (!ids.includes(current)) ids.unshift(current);
@@ -338,26 +385,51 @@ async function refreshNamespaces() {
     select.replaceChildren(...ids.map((id) => new Option(id, id)));
   }
   select.value = current;
-  const body = $("namespaces").tBodies[0];
-  body.replaceChildren();
-  for (const info of envs) {
-    const row = body.insertRow();
-    row.dataset.id = info.id;
-    if (info.id === current) row.className = "current";
-    const name = row.insertCell().appendChild(element("button", "link", info.id));
-    name.title = `Use namespace ${info.id}`;
-    name.addEventListener("click", () => choose(info.id));
-    row.insertCell().appendChild(element("span", `state ${info.state}`, info.state));
-    row.insertCell().textContent = bytes(info.memory_rss);
-    const remove = row.insertCell().appendChild(element("button", "delete", "Delete"));
-    remove.title = `Delete namespace ${info.id}`;
-    armed(remove, "Delete", () => removeNamespace(info.id));
-  }
+  showNamespaces(envs);
   const mine = envs.find((info) => info.id === current);
   const state = $("state");
   state.textContent = mine ? mine.state : "not created yet";
   state.className = `state ${mine ? mine.state : ""}`;
   return envs;
+}
+
+function namespaceRow(id) {
+  const row = element("tr");
+  row.dataset.id = id;
+  const name = row.insertCell().appendChild(element("button", "link", id));
+  name.title = `Use namespace ${id}`;
+  name.addEventListener("click", () => choose(id));
+  row.insertCell().appendChild(element("span", "state"));
+  row.insertCell();
+  const remove = row.insertCell().appendChild(element("button", "delete", "Delete"));
+  remove.title = `Delete namespace ${id}`;
+  armed(remove, "Delete", () => removeNamespace(id));
+  return row;
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function showNamespaces(envs) {
+  // In place, row by row (keyed by id), never rebuilt: a poll must not swap a button out from
+  // under a click, nor forget that a Delete waits for its "Sure?".
+  const table = $("namespaces");
+  const body = table.tBodies[0];
+  const rows = new Map([...body.rows].map((row) => [row.dataset.id, row]));
+  envs.forEach((info, index) => {
+    const row = rows.get(info.id) || namespaceRow(info.id);
+    rows.delete(info.id);
+    if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] || null);
+    row.classList.toggle("current", info.id === current);
+    const state = row.cells[1].firstChild;
+    setText(state, info.state);
+    if (state.className !== `state ${info.state}`) state.className = `state ${info.state}`;
+    setText(row.cells[2], bytes(info.memory_rss));
+  });
+  for (const gone of rows.values()) gone.remove();
+  // How many answers the list has shown: a test (or a person) can see that a poll happened.
+  table.dataset.refreshes = String(Number(table.dataset.refreshes || 0) + 1);
 }
 
 async function refreshHistory() {
@@ -490,6 +562,13 @@ document.addEventListener("DOMContentLoaded", () => {
     } catch (error) {
       notice(error.message);
     }
+  });
+  window.addEventListener("message", fitFrame);
+  // A #token= pasted into the open page changes only the fragment: no reload, so read it here.
+  window.addEventListener("hashchange", () => {
+    if (fragmentToken() === null) return;
+    token = takeToken();
+    connect();
   });
   token = takeToken();
   connect();
