@@ -2,10 +2,12 @@
 
 Written for kernelserver rather than taken from simple-websocket, whose shape it follows (the
 socket from the WSGI environ, the handshake replayed into wsproto): every frame, pings and pongs
-included, is sent under one lock and whole (`sendall`), so threads can share a socket and a
-16 MiB display is never cut short; the reader is the caller's own thread (no thread per socket
-beyond the request's); no compression (displays are base64 PNGs: deflate costs CPU and saves
-little); a peer that stops answering pings is dropped; every wait is bounded.
+included, is sent under one lock and whole (`sendall`; what a non-blocking `try_send` could not
+write goes out first with the next), so threads can share a socket and a 16 MiB display is never
+cut short; the reader is the caller's own thread (no thread per socket beyond the request's); no
+compression (displays are base64 PNGs: deflate costs CPU and saves little); a peer that stops
+answering pings is dropped, and `drop()` gives up on one that reads too slowly without waiting
+for anything; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ NORMAL = 1000
 GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
 INTERNAL_ERROR = 1011
 ABNORMAL = 1006
 
@@ -94,6 +97,10 @@ class WebSocket:
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._ws = WSConnection(ConnectionType.SERVER)
         self._send_lock = threading.Lock()
+        # What a non-blocking send could not write: it goes out first, under the lock, before
+        # any other frame (a frame is never interleaved with another).
+        self._tail = b""
+        self._dropped = False
         self._messages: deque[str | bytes] = deque()
         self._parts: list[str | bytes] = []
         self._size = 0
@@ -141,6 +148,8 @@ class WebSocket:
     # -- sending: any thread --
 
     def _write(self, data: bytes) -> None:
+        if self._tail:
+            data, self._tail = self._tail + data, b""
         if data:
             self.sock.sendall(data)
 
@@ -152,28 +161,43 @@ class WebSocket:
         """Send a small message now if that cannot block; False (nothing sent) otherwise.
 
         For a thread that must never wait on a client (a cell's own): it skips the hand-off
-        to a writer thread when the socket's send queue is nearly empty, so the message fits.
+        to a writer thread when the socket's send queue is nearly empty. The write never blocks:
+        what the socket does not take is kept and goes out first with the next frame, so a
+        caller that gets True with `pending` set must have a writer send (send_many([])) soon.
         """
-        if self._tls or len(message) > DIRECT_MAX or not self._send_lock.acquire(blocking=False):
+        if (self._tls or self._dropped or len(message) > DIRECT_MAX
+                or not self._send_lock.acquire(blocking=False)):
             return False
         try:
-            if self._ws.state is not ConnectionState.OPEN or _unsent(self.sock) > DIRECT_MAX:
+            if (self._tail or self._ws.state is not ConnectionState.OPEN
+                    or _unsent(self.sock) > DIRECT_MAX):
                 return False
             event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+            data = self._ws.send(event)
             try:
-                self._write(self._ws.send(event))
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             except OSError as exc:
                 self._abort(f"send failed: {exc}")
+                return True
+            self._tail = data[sent:]
             return True
         finally:
             self._send_lock.release()
 
+    @property
+    def pending(self) -> bool:
+        """True while part of a frame that try_send accepted waits to be written."""
+        return bool(self._tail)
+
     def send_many(self, messages: list[str | bytes]) -> None:
-        """Send messages in order, in one write; ConnectionClosed once closed."""
-        if not messages:
+        """Send messages in order, in one write (after what try_send left); ConnectionClosed
+        once closed."""
+        if not messages and not self._tail:
             return
         with self._send_lock:
-            if self._ws.state is not ConnectionState.OPEN:
+            if self._dropped or self._ws.state is not ConnectionState.OPEN:
                 raise ConnectionClosed(self.close_code or ABNORMAL, self.close_reason)
             data = b"".join(self._ws.send(Message(data=m) if isinstance(m, bytes)
                                           else TextMessage(data=m)) for m in messages)
@@ -194,6 +218,26 @@ class WebSocket:
                 self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
             except (OSError, LocalProtocolError):
                 self._abort("close failed")
+
+    def drop(self, code: int, reason: str) -> None:
+        """Give up on a peer that reads too slowly, never waiting (from any thread).
+
+        A writer blocked in sendall on it returns at once, and the reader ends. The close frame
+        goes too only where the socket takes it now: the peer is not reading anyway.
+        """
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._dropped = True
+        if not self._tls and self._send_lock.acquire(blocking=False):
+            try:
+                if not self._tail and self._ws.state is ConnectionState.OPEN:
+                    frame = self._ws.send(CloseConnection(code=code, reason=reason))
+                    self.sock.send(frame, socket.MSG_DONTWAIT)
+            except (OSError, LocalProtocolError):
+                pass
+            finally:
+                self._send_lock.release()
+        self._abort(reason)
 
     def _abort(self, why: str) -> None:
         """Give up on the connection without a handshake (the peer is unreachable)."""
@@ -317,14 +361,25 @@ class WebSocket:
             elif isinstance(event, Ping):
                 with self._send_lock:
                     if self._ws.state is ConnectionState.OPEN:
-                        self._write(self._ws.send(event.response()))
+                        try:
+                            self._write(self._ws.send(event.response()))
+                        except OSError as exc:
+                            self._abort(f"pong failed: {exc}")
             elif isinstance(event, Pong):
                 pass  # _read already noted that the peer is there
             elif isinstance(event, CloseConnection):
+                if self._ws.state is ConnectionState.OPEN:
+                    # Not the peer's close but wsproto's verdict on a bad frame (1007 for invalid
+                    # UTF-8 in a text frame, 1002...): the peer must be told, with that code.
+                    self.close(event.code, (event.reason or "")[:100])
+                    return
                 if self.close_code is None:
                     self.close_code, self.close_reason = event.code, event.reason or ""
                 with self._send_lock:
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                        self._write(self._ws.send(event.response()))
+                        try:
+                            self._write(self._ws.send(event.response()))
+                        except OSError:
+                            pass  # it said goodbye; an answer that cannot go changes nothing
                 self._closing_since = 0.0
 

@@ -7,8 +7,8 @@ only queues the cell), a writer thread sends what the kernel's pump and the read
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +16,30 @@ from .. import introspect
 from ..errors import BadRequest, KernelServerError
 from ..results import Cell
 from ..service import Service
-from ..websocket import ConnectionClosed, WebSocket
+from ..websocket import TRY_AGAIN_LATER, ConnectionClosed, WebSocket
 from . import replies
-from .kernels import JupyterKernel, JupyterOrigin, Kernels
-from .wire import Message, WireError, new_header, parse, reply, serialize
+from .kernels import OFFLINE_BYTES, JupyterKernel, JupyterOrigin, Kernels
+from .wire import Message, Pending, WireError, new_header, parse, reply, serialize, weight
 
 log = logging.getLogger("kernelserver.jupyter")
 
-OUTBOX_MESSAGES = 4096  # a client this far behind is dropped (and replayed when it comes back)
-TRY_AGAIN_LATER = 1013
+# A client this far behind (messages, or characters of output and displays) is dropped, and
+# replayed what it missed when it comes back: its queue never makes the cell, its deadline or
+# another client wait. Printed text waiting for it is merged (wire.Pending).
+# A whole replay (OFFLINE_MESSAGES, OFFLINE_BYTES) must fit, with room for what comes meanwhile.
+OUTBOX_MESSAGES = 4096
+OUTBOX_BYTES = OFFLINE_BYTES + (8 << 20)
+WRITE_BATCH_MESSAGES = 64  # the most one write of the writer thread joins
+WRITE_BATCH_BYTES = 4 << 20
+DROPPED = "the client read too slowly; reconnect to get what it missed"
+
+
+class _Flush:
+    """Queued to have the writer send what try_send left unwritten."""
+
+
+_FLUSH = _Flush()
+_Item = Pending | _Flush | tuple[int, str] | None
 
 
 class Connection:
@@ -38,10 +53,17 @@ class Connection:
         self.service = service
         self.kernels = kernels
         self.kernel: JupyterKernel | None = None
-        # Messages, then None (the reader is done) or a (code, reason) close after what is queued.
-        self._outbox: queue.Queue[Message | tuple[int, str] | None] = queue.Queue(OUTBOX_MESSAGES)
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        # Messages, then None (the reader is done) or a (code, reason) close after what is queued.
+        # Unbounded as a queue: put() bounds it, and put must never wait.
+        self._outbox: deque[_Item] = deque()
         self._backlog = 0  # messages queued or being written: while any, new ones queue behind
+        self._backlog_bytes = 0
+        # Set once it fell too far behind: later messages wait in _missed for its replay.
+        self.dropped = False
+        self._missed: list[Message] = []
+        self._missed_bytes = 0
         self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                         name=f"ws-writer-{kernel_id}")
 
@@ -49,30 +71,84 @@ class Connection:
 
     def put(self, message: Message) -> None:
         """Send or queue a message for the client, never waiting; one that reads too slowly is
-        dropped (and replayed what it missed when it comes back)."""
+        dropped (and replayed what it missed when it comes back).
+
+        Called on the thread that publishes a cell's output: nothing here may wait on the socket
+        or on a lock a writer holds while it sends (try_send and drop take it only if free).
+        """
+        size = weight(message)
         with self._lock:
-            # Nothing queued before it: send it now from this thread if that cannot block, and
-            # save the writer's wake-up (~0.15 ms a batch here, half a small cell's round trip).
-            if not self._backlog and self.ws.try_send(serialize(message, self.ws.subprotocol)):
+            if self.dropped:  # kept (bounded) until its reader, woken by the drop, detaches it
+                if len(self._missed) < OUTBOX_MESSAGES and self._missed_bytes + size <= OUTBOX_BYTES:
+                    self._missed.append(message)
+                    self._missed_bytes += size
                 return
-            self._backlog += 1
-            try:
-                self._outbox.put_nowait(message)
+            frame: str | bytes | None = None
+            if not self._backlog:
+                # Nothing queued before it: send it now from this thread if that cannot block,
+                # and save the writer's wake-up (~0.15 ms a batch, half a small cell's round trip).
+                frame = serialize(message, self.ws.subprotocol)
+                if self.ws.try_send(frame):
+                    if self.ws.pending:  # the socket took part of it: the writer sends the rest
+                        self._queue(_FLUSH, 0)
+                    return
+            elif self._backlog_bytes + size <= OUTBOX_BYTES and self._merge(message, size):
                 return
-            except queue.Full:
-                self._backlog -= 1
-        self.ws.close(TRY_AGAIN_LATER, "the client read too slowly; reconnect to get what it missed")
+            if self._backlog < OUTBOX_MESSAGES and self._backlog_bytes + size <= OUTBOX_BYTES:
+                self._queue(Pending(message, size, frame), size)
+                return
+            self.dropped = True
+            self._missed.append(message)
+            behind = self._backlog
+        log.warning("jupyter: dropped a client of kernel %r (session %r) %d messages behind: "
+                    "it reads too slowly", self.kernel_id, self.session_id, behind)
+        self.ws.drop(TRY_AGAIN_LATER, DROPPED)
+
+    def _queue(self, item: Pending | _Flush, size: int) -> None:
+        """Queue item for the writer (under the lock)."""
+        self._backlog += 1
+        self._backlog_bytes += size
+        self._outbox.append(item)
+        self._ready.notify()
+
+    def _merge(self, message: Message, size: int) -> bool:
+        """Add a stream message's text to the message queued last if the writer has not taken
+        it yet and it is of the same cell and stream (under the lock)."""
+        last = self._outbox[-1] if self._outbox else None
+        if isinstance(last, Pending) and last.merge(message, size):
+            self._backlog_bytes += size
+            return True
+        return False
+
+    def undelivered(self) -> list[Message]:
+        """What was queued for the client and never written, in order (for its replay); the
+        connection takes nothing more after this."""
+        with self._lock:
+            self.dropped = True
+            left = [item.final() for item in self._outbox if isinstance(item, Pending)]
+            self._outbox.clear()
+            left += self._missed
+            self._missed, self._missed_bytes = [], 0
+            return left
+
+    def _take(self) -> list[_Item]:
+        """The next batch for the writer, waiting for one."""
+        with self._ready:
+            while not self._outbox:
+                self._ready.wait()
+            items: list[_Item] = []
+            size = 0
+            while self._outbox and len(items) < WRITE_BATCH_MESSAGES and size < WRITE_BATCH_BYTES:
+                item = self._outbox.popleft()
+                items.append(item)
+                size += item.size if isinstance(item, Pending) else 0
+            return items
 
     def _write_loop(self) -> None:
         while True:
-            items = [self._outbox.get()]
-            # What else is queued goes out with it, in one write: a cell's result, reply and idle
-            # come together, and one send of three frames beats three.
-            while len(items) < 64:
-                try:
-                    items.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
+            # What else is queued goes out with the first, in one write: a cell's result, reply
+            # and idle come together, and one send of three frames beats three.
+            items = self._take()
             frames: list[str | bytes] = []
             try:
                 for item in items:
@@ -82,21 +158,29 @@ class Connection:
                         if item is None:
                             return
                         self.ws.close(*item)
-                    else:
-                        frames.append(serialize(item, self.ws.subprotocol))
-                self.ws.send_many(frames)
+                    elif isinstance(item, Pending):
+                        frames.append(item.frame if item.frame is not None
+                                      else serialize(item.final(), self.ws.subprotocol))
+                self.ws.send_many(frames)  # with none, what try_send left (a _FLUSH)
             except ConnectionClosed:
                 return
             finally:
                 with self._lock:
-                    self._backlog -= sum(isinstance(item, Message) for item in items)
+                    for item in items:
+                        if isinstance(item, (Pending, _Flush)):
+                            self._backlog -= 1
+                        if isinstance(item, Pending):
+                            self._backlog_bytes -= item.size
+
+    def _end(self, item: tuple[int, str] | None) -> None:
+        with self._lock:
+            self._outbox.append(item)
+            self._ready.notify()
 
     def close(self, code: int, reason: str) -> None:
-        """Close the WebSocket once what is queued for it is sent (from any thread)."""
-        try:
-            self._outbox.put_nowait((code, reason))
-        except queue.Full:
-            self.ws.close(code, reason)
+        """Close the WebSocket once what is queued for it is sent (from any thread, never
+        waiting: one whose writer is stuck on it is dropped when its queue fills)."""
+        self._end((code, reason))
 
     # -- in --
 
@@ -120,16 +204,19 @@ class Connection:
                 if frame is not None:
                     self._handle(frame)
         finally:
-            self.kernel.detach(self, keep_missed)
-            self._outbox.put(None)
+            self.kernel.detach(self, keep_missed or self.dropped)
+            self._end(None)
             self._writer.join(5.0)
 
     def _handle(self, frame: str | bytes) -> None:
         try:
             message = parse(frame, self.ws.subprotocol)
         except WireError as exc:
-            self.put(Message("shell", new_header("error", self._session()), {
-                "status": "error", "ename": "BadMessage", "evalue": str(exc), "traceback": []}))
+            self._bad_message(exc)
+            return
+        except Exception:  # a parser's bug must not cost the client its socket either
+            log.exception("jupyter: a frame on kernel %r could not be read", self.kernel_id)
+            self._bad_message(WireError("the message could not be read; see the server log"))
             return
         try:
             self._dispatch(message)
@@ -140,6 +227,20 @@ class Connection:
             self._answer(message, _reply_type(message.msg_type), {
                 "status": "error", "ename": "InternalError", "evalue": "internal error; see the "
                 "server log", "traceback": []})
+
+    def _bad_message(self, exc: WireError) -> None:
+        """A frame that is no message: answer its request if its header says which, else say
+        so on shell; the connection stays open for the next one."""
+        log.info("jupyter: a bad message on kernel %r: %s", self.kernel_id, exc)
+        content = {"status": "error", "ename": "BadMessage", "evalue": str(exc), "traceback": []}
+        header = exc.header
+        if header and isinstance(header.get("msg_type"), str) and header["msg_type"]:
+            if exc.channel == "stdin":
+                return  # nothing answers on stdin (an input_reply is not replied to)
+            request = Message(exc.channel if exc.channel == "control" else "shell", header)
+            self._answer(request, _reply_type(request.msg_type), content)
+            return
+        self.put(Message("shell", new_header("error", self._session()), content))
 
     def _session(self) -> str:
         return self.kernel.session if self.kernel is not None else ""

@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..encoding import json_bytes
 from ..errors import NamespaceNotFound, TooManyWebSockets
 from ..execution import Execution
 from ..results import (
@@ -24,7 +23,7 @@ from ..results import (
 from ..service import Service
 from ..subscriptions import NamespaceEvent
 from . import replies
-from .wire import PROTOCOL_VERSION, USERNAME, Message, new_header
+from .wire import PROTOCOL_VERSION, USERNAME, Message, Pending, new_header, weight
 
 if TYPE_CHECKING:
     from .channels import Connection
@@ -50,28 +49,35 @@ class JupyterOrigin:
 class OfflineBuffer:
     """What one disconnected session missed, kept (bounded) until it reconnects or expires."""
 
-    def __init__(self) -> None:
-        self.messages: deque[tuple[Message, int]] = deque()
+    def __init__(self, cut: bool = False) -> None:
+        self.messages: deque[Pending] = deque()
         self.size = 0
         self.dropped = 0
+        self.cut = cut  # it was dropped for falling behind: its replay says so first
         self.since = time.monotonic()
 
     def add(self, message: Message) -> None:
-        """Keep message; the oldest go once the buffer is full."""
-        size = len(json_bytes(message.content)) + 200
-        self.messages.append((message, size))
+        """Keep message (printed text merged into the text kept last); the oldest go once the
+        buffer is full."""
+        size = weight(message)
+        if not (self.messages and self.messages[-1].merge(message, size)):
+            self.messages.append(Pending(message, size))
         self.size += size
         while self.messages and (len(self.messages) > OFFLINE_MESSAGES or self.size > OFFLINE_BYTES):
-            _, gone = self.messages.popleft()
-            self.size -= gone
+            self.size -= self.messages.popleft().size
             self.dropped += 1
+
+    def replay(self) -> list[Message]:
+        """What the session missed, in order (printed text merged), for when it comes back."""
+        return [pending.final() for pending in self.messages]
 
 
 class JupyterKernel:
     """One namespace as Jupyter clients see it, fed by a relay of the namespace's events.
 
     The relay runs on the thread that publishes an event (the cell's runner, mostly) and only
-    queues messages for connections: no thread of its own, no hand-off before the writer.
+    queues messages for connections: no thread of its own, no hand-off before the writer, and
+    nothing on it waits on a client (a client too far behind is dropped, never waited for).
     """
 
     def __init__(self, kernels: Kernels, namespace_id: str) -> None:
@@ -85,6 +91,7 @@ class JupyterKernel:
         # Every message of this kernel carries it, until a restart makes a new one.
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()
+        self._last_parent: tuple[Execution, dict[str, Any]] | None = None
         self._relay = kernels.service.relay(namespace_id, self._handle)
 
     # -- connections --
@@ -100,11 +107,18 @@ class JupyterKernel:
                 # leaves its old socket behind (or jupyter_server leaks one), never to be read.
                 replaced = [c for c in self.connections if c.session_id == connection.session_id]
                 self.connections = [c for c in self.connections if c not in replaced]
+                for old in replaced:  # what the old socket was never sent goes to the new one
+                    if old.dropped:
+                        connection.put(self._note_behind())
+                    for message in old.undelivered():
+                        connection.put(message)
                 missed = self.offline.pop(connection.session_id, None)
                 if missed is not None:
+                    if missed.cut:
+                        connection.put(self._note_behind())
                     if missed.dropped:
                         connection.put(self._note_dropped(missed.dropped))
-                    for message, _ in missed.messages:
+                    for message in missed.replay():
                         connection.put(message)
             self.connections.append(connection)
         for old in replaced:
@@ -122,7 +136,11 @@ class JupyterKernel:
                 if len(self.offline) >= MAX_OFFLINE_SESSIONS:
                     oldest = min(self.offline, key=lambda key: self.offline[key].since)
                     del self.offline[oldest]
-                self.offline[session] = OfflineBuffer()
+                buffer = OfflineBuffer(cut=connection.dropped)
+                # What was queued for it and never written comes first in its replay.
+                for message in connection.undelivered():
+                    buffer.add(message)
+                self.offline[session] = buffer
             idle = self._unused()
         if idle:
             self._stop()
@@ -144,31 +162,37 @@ class JupyterKernel:
             "away did not fit the replay buffer and were dropped; the full output of each cell is "
             "in the namespace's history]\n"})
 
+    def _note_behind(self) -> Message:
+        return Message("iopub", new_header("stream", self.session), {
+            "name": "stderr", "text": "[kernelserver: this client fell too far behind and was "
+            "disconnected; what it had not been sent follows, but output on its way at that moment "
+            "may be missing: the full output of each cell is in the namespace's history]\n"})
+
     # -- sending --
+    # Under the lock, so that a connection that goes (detach) has each message either sent or
+    # kept for its replay: put() never waits (see Connection.put), so neither does the lock.
 
     def broadcast(self, message: Message) -> None:
         """To every connection, and into every offline session's buffer."""
         with self._lock:
-            targets = list(self.connections)
             if self.offline:
                 idle = self._unused()
                 for buffer in self.offline.values():
                     buffer.add(message)
             else:
-                idle = not targets
+                idle = not self.connections
+            for connection in self.connections:
+                connection.put(message)
         if idle:
             self._stop()
-        for connection in targets:
-            connection.put(message)
 
     def send_to(self, connection: Connection, message: Message) -> None:
         """To one connection, or into its session's buffer if it has gone."""
         with self._lock:
-            live = connection in self.connections
-            if not live and connection.session_id in self.offline:
+            if connection in self.connections:
+                connection.put(message)
+            elif connection.session_id in self.offline:
                 self.offline[connection.session_id].add(message)
-        if live:
-            connection.put(message)
 
     def iopub(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> Message:
         """An iopub message of this kernel."""
@@ -196,10 +220,15 @@ class JupyterKernel:
         origin = execution.origin
         if isinstance(origin, JupyterOrigin):
             return origin.request.header
+        last = self._last_parent  # made once a cell: asked again for every line it prints
+        if last is not None and last[0] is execution:
+            return last[1]
         # A cell sent over HTTP: its own parent, so clients see it start and end.
-        return {"msg_id": f"{self.id}:{execution.execution_count}", "msg_type": "execute_request",
-                "username": USERNAME, "session": HTTP_SESSION, "date": execution.submitted_at,
-                "version": PROTOCOL_VERSION}
+        parent = {"msg_id": f"{self.id}:{execution.execution_count}", "msg_type": "execute_request",
+                  "username": USERNAME, "session": HTTP_SESSION, "date": execution.submitted_at,
+                  "version": PROTOCOL_VERSION}
+        self._last_parent = (execution, parent)
+        return parent
 
     def _handle(self, item: NamespaceEvent) -> None:
         event, execution = item.event, item.execution
