@@ -13,6 +13,7 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .base import OutputSink
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .process import Worker
 
 READ_SIZE = 1 << 16
+JOIN_MAX = 30_000  # characters: as rings.READ_SIZE, under allocator.LARGE_BLOCK
 
 
 # Text to forward, the seq of a display that goes here, or a ring position (gen, pos) whose text
@@ -115,18 +117,35 @@ class CellIO:
     def emit(self, stream: OutputPipe, items: list[Item]) -> None:
         """Forward text, the ring's text at its marker, and each display at its marker."""
         write = self.writers[stream.fd]
+        # Small pieces of one read go out joined: a cell that flushes often (a progress bar)
+        # sends a marker per flush, and each write is an event for every watcher. Joined only
+        # up to JOIN_MAX, so big output stays in pieces the allocator reuses (allocator.py).
+        pending: list[str] = []
+        size = 0
         for item in items:
-            if isinstance(item, str):
-                write(item)
-            elif isinstance(item, tuple):
-                rings = self.worker.rings
-                if rings:
-                    for text in rings[0 if stream is self.worker.stdout else 1].take(*item):
-                        write(text)
-            else:
+            if isinstance(item, int):
+                if pending:
+                    write("".join(pending))
+                    pending.clear()
+                    size = 0
                 bundle = self._display(item)
                 if bundle is not None:
                     self.sink.add_display(bundle)
+                continue
+            if isinstance(item, str):
+                pieces: Iterable[str] = (item,)
+            else:
+                rings = self.worker.rings
+                pieces = rings[0 if stream is self.worker.stdout else 1].take(*item) if rings else ()
+            for text in pieces:
+                if size + len(text) > JOIN_MAX and pending:
+                    write("".join(pending))
+                    pending.clear()
+                    size = 0
+                pending.append(text)
+                size += len(text)
+        if pending:
+            write(pending[0] if len(pending) == 1 else "".join(pending))
 
     def flush_rest(self) -> None:
         """The worker is gone: what it printed that no marker announced, then stray displays."""
