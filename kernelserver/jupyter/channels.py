@@ -18,7 +18,7 @@ from ..results import Cell
 from ..service import Service
 from ..websocket import TRY_AGAIN_LATER, ConnectionClosed, WebSocket
 from . import replies
-from .kernels import OFFLINE_BYTES, JupyterKernel, JupyterOrigin, Kernels
+from .kernels import OFFLINE_BYTES, JupyterKernel, JupyterOrigin, Kernels, Slot
 from .wire import Message, Pending, WireError, new_header, parse, reply, serialize, weight
 
 log = logging.getLogger("kernelserver.jupyter")
@@ -46,8 +46,9 @@ class Connection:
     """One open WebSocket on one kernel."""
 
     def __init__(self, ws: WebSocket, kernel_id: str, session_id: str, service: Service,
-                 kernels: Kernels) -> None:
+                 kernels: Kernels, slot: Slot | None = None) -> None:
         self.ws = ws
+        self._slot = slot
         self.kernel_id = kernel_id
         self.session_id = session_id
         self.service = service
@@ -205,6 +206,10 @@ class Connection:
                     self._handle(frame)
         finally:
             self.kernel.detach(self, keep_missed or self.dropped)
+            if self._slot is not None:
+                # With the count the kernel shows: a client that saw its socket gone from
+                # /api/kernels may open another at once, even while this thread winds down.
+                self._slot.release()
             self._end(None)
             self._writer.join(5.0)
 

@@ -303,6 +303,19 @@ class JupyterKernel:
             self.broadcast(self.status(state, {}))
 
 
+class Slot:
+    """One WebSocket's place under max_websockets, given back once (by whoever is first)."""
+
+    def __init__(self, kernels: Kernels) -> None:
+        self._kernels: Kernels | None = kernels
+
+    def release(self) -> None:
+        """Give the place back; later calls do nothing."""
+        kernels, self._kernels = self._kernels, None
+        if kernels is not None:
+            kernels._release()
+
+
 class Kernels:
     """The Jupyter side of every namespace, and the count of open WebSockets."""
 
@@ -313,7 +326,7 @@ class Kernels:
         self._open = 0
         self._lock = threading.Lock()
 
-    def reserve(self) -> None:
+    def reserve(self) -> Slot:
         """Count one more open WebSocket; TooManyWebSockets past max_websockets."""
         with self._lock:
             if self._open >= self.max_websockets:
@@ -321,9 +334,9 @@ class Kernels:
                     f"{self._open} WebSockets are open, the most this server allows "
                     f"(max_websockets={self.max_websockets}); close one, or raise the setting")
             self._open += 1
+        return Slot(self)
 
-    def release(self) -> None:
-        """One WebSocket fewer."""
+    def _release(self) -> None:
         with self._lock:
             self._open -= 1
 

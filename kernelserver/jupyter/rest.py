@@ -153,7 +153,7 @@ def channels(kernel_id: str) -> Response:
     service = current_service()
     service.describe(kernel_id, with_variables=False)  # 404 before the handshake, not after
     kernels = current_kernels()
-    kernels.reserve()
+    slot = kernels.reserve()
     try:
         try:
             ws = WebSocket.accept(request.environ, [V1], service.config["websocket_ping_interval"],
@@ -161,12 +161,13 @@ def channels(kernel_id: str) -> Response:
         except HandshakeError as exc:
             raise BadRequest(str(exc)) from None
         try:
-            Connection(ws, kernel_id, request.args.get("session_id", ""), service, kernels).serve()
+            Connection(ws, kernel_id, request.args.get("session_id", ""), service, kernels,
+                       slot).serve()
         except Exception:  # the HTTP answer is long gone: close the socket, say why in the log
             log.exception("jupyter: the channels of kernel %r failed", kernel_id)
             ws.close(INTERNAL_ERROR, "internal error; see the server log")
     finally:
-        kernels.release()
+        slot.release()
     return HandedOver()
 
 
