@@ -111,13 +111,21 @@ class OutputBuffer:
         """Head, the marker if anything was dropped, and tail."""
         return "".join(self._pieces())
 
+    def peek(self) -> Text:
+        """The kept text as pieces, without a copy; the buffer keeps them too."""
+        return Text(self._pieces())
+
     def take(self) -> Text:
         """The kept text as pieces, handed over without a copy; the buffer keeps only counters."""
-        text = Text(self._pieces())
+        text = self.peek()
+        self.release()
+        return text
+
+    def release(self) -> None:
+        """Let go of the kept text (it moved into a final record); only the counters stay."""
         self._head = []
         self._tail = deque()
         self._skip = 0
-        return text
 
 
 class Execution:
@@ -145,6 +153,7 @@ class Execution:
         self._listeners: list[Listener[Event]] = []
         self._hub = hub  # the namespace's watchers, who get every event too
         self._final: Finished | None = None  # built once: a finished result never changes
+        self._finishing = False  # finish() has begun: a second finish() is refused
         self._input_reply: Callable[[str], None] | None = None  # while the cell waits in input()
 
     @classmethod
@@ -218,27 +227,50 @@ class Execution:
         if self._hub is not None:
             self._hub.publish(self, StartedEvent(self.execution_count, self.code))
 
-    def finish(self, outcome: Outcome) -> bool:
-        """Record the outcome and wake every waiter and listener; False if it had finished already."""
+    def finish(self, outcome: Outcome, record: Callable[[Finished], None] | None = None) -> bool:
+        """Record the outcome and wake every waiter and listener; False if it had finished already.
+
+        record, if given, gets the final record first and returns once it is kept (history's
+        commit): whoever learns that the cell finished can find it after a crash. Until then the
+        execution still reads as running, to waiters, listeners and snapshots alike.
+        """
         with self._cond:
-            if self.status in FINISHED:
+            if self._finishing or self.status in FINISHED:
                 return False
-            if self._t0 is not None:
-                self.duration_ms = round((time.perf_counter() - self._t0) * 1000, 3)
-            self.status = outcome.status
-            self.outcome = outcome
+            self._finishing = True
+            duration = (None if self._t0 is None
+                        else round((time.perf_counter() - self._t0) * 1000, 3))
             self._input_reply = None
-            # The pieces move into the final record: joining them would hold the text twice.
-            self._final = Finished(self._result("", ""), self.stdout.take(), self.stderr.take())
-            listeners = list(self._listeners)
-            self._cond.notify_all()
-        self._emit(listeners, ResultEvent(self._final))
+            # The pieces are shared, not copied, with the final record (joining them would hold
+            # the text twice); the buffers let go of them once it is published.
+            final = Finished(self._result("", "", outcome, duration), self.stdout.peek(),
+                             self.stderr.peek())
+        try:
+            if record is not None:
+                record(final)  # outside the lock: readers of the running state never wait on a disk
+        finally:  # answered whatever became of the record: a cell must never hang on it
+            with self._cond:
+                self.status = outcome.status
+                self.outcome = outcome
+                self.duration_ms = duration
+                self._final = final
+                self.stdout.release()
+                self.stderr.release()
+                listeners = list(self._listeners)
+                self._cond.notify_all()
+            self._emit(listeners, ResultEvent(final))
         return True
 
     @property
     def finished(self) -> bool:
         """True once the outcome is recorded."""
         return self.status in FINISHED
+
+    @property
+    def concluded(self) -> bool:
+        """True once finish() has begun: the outcome is decided, though maybe not yet answered
+        (its history row is being committed); nothing can stop it any more."""
+        return self._finishing or self.finished
 
     def wait(self, timeout: float | None) -> bool:
         """Block until finished or timeout seconds pass; True if finished."""
@@ -250,12 +282,14 @@ class Execution:
         """The final record once finished, else None."""
         return self._final
 
-    def _result(self, stdout: str, stderr: str) -> ExecutionResult:
-        outcome = self.outcome
+    def _result(self, stdout: str, stderr: str, ending: Outcome | None = None,
+                duration_ms: float | None = None) -> ExecutionResult:
+        """The result as it stands, or as finish() will publish it (ending, and its duration)."""
+        outcome = ending or self.outcome
         return ExecutionResult(
             id=self.id,
             execution_count=self.execution_count,
-            status=self.status,
+            status=ending.status if ending else self.status,
             stdout=stdout,
             stderr=stderr,
             result=outcome.result if outcome else None,
@@ -265,7 +299,7 @@ class Execution:
                        or bool(outcome and outcome.truncated)),
             restarted=bool(outcome and outcome.restarted),
             started_at=self.started_at,
-            duration_ms=self.duration_ms,
+            duration_ms=duration_ms if ending else self.duration_ms,
             code=self.code,
         )
 

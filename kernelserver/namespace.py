@@ -15,7 +15,7 @@ from .backends.base import ExitReason, Kernel, NamespaceOptions
 from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
-from .results import Cell, ErrorInfo, NamespaceState, Outcome, StateEvent
+from .results import Cell, ErrorInfo, Finished, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceEvent, NamespaceSubscription, Relay
 
 log = logging.getLogger("kernelserver")
@@ -240,7 +240,7 @@ class Namespace:
                     self._current = execution
             if skip:
                 if not cancelled:  # a cancelled one was answered when it was cancelled
-                    execution.finish(Outcome.failed(
+                    self._finish_early(execution, Outcome.failed(
                         "NamespaceDeleted", f"namespace {self.id!r} was deleted before the cell ran"))
             else:
                 execution.start()
@@ -255,59 +255,75 @@ class Namespace:
                                   self.id)
                     outcome = Outcome.failed("KernelServerError",
                                              f"internal error running the cell: {exc}")
-                execution.finish(outcome)
-                if outcome.status != "ok" and execution.stop_group is not None:
-                    self._abort_group(execution)
+                # Which cells the failure aborts is decided before it is answered: a cell its
+                # client sends once it has the reply was not queued behind it, and runs.
+                doomed = (self._abort_group(execution)
+                          if outcome.status != "ok" and execution.stop_group is not None else [])
+                execution.finish(outcome, self._record)
+                for queued in doomed:
+                    self._finish_early(queued, Outcome("interrupted", error=ErrorInfo(
+                        "Aborted", f"cell {execution.execution_count}, sent before it by the "
+                        "same client, failed (stop_on_error)", "")))
             with self._lock:
                 self._current = None
                 self._pending -= 1
                 self._touch()
-        if not cancelled:
-            self._record(execution)
 
-    def _abort_group(self, failed: Execution) -> None:
-        """The queued cells of failed's stop group will not run (decided before the next starts)."""
+    def _abort_group(self, failed: Execution) -> list[Execution]:
+        """Mark the queued cells of failed's stop group not to run; them, to answer aborted."""
         with self._lock:
             doomed = [e for e in self._executions.values() if e.stop_group is failed.stop_group
                       and e.status == "queued" and e.execution_count not in self._cancelled]
             self._cancelled.update(e.execution_count for e in doomed)
-        for execution in doomed:
-            self._finish_early(execution, Outcome("interrupted", error=ErrorInfo(
-                "Aborted", f"cell {failed.execution_count}, sent before it by the same client, "
-                "failed (stop_on_error)", "")))
+        return doomed
 
-    def _record(self, execution: Execution) -> None:
-        final = execution.final
-        if self.history is not None and final is not None:
-            self.history.record_finished(final)
+    def _record(self, final: Finished) -> None:
+        """Commit a finished cell's row; finish() answers the cell only after this returns, so
+        an answered cell is in history after a crash of the server (bounded: COMMIT_WAIT)."""
+        if self.history is not None:
+            self.history.commit_finished(final)
 
     def _finish_early(self, execution: Execution, outcome: Outcome) -> None:
         """Answer a cell that will not run, and record it."""
-        if execution.finish(outcome):
-            self._record(execution)
+        execution.finish(outcome, self._record)
 
     def interrupt(self) -> bool:
-        """Interrupt the running cell, if any."""
+        """Interrupt the running cell, else the first one accepted; True when one was."""
+        # As Jupyter: with none running yet, the cell that would run next is the one meant (it
+        # then never runs); the target is decided under the lock the runner takes a cell with.
         with self._lock:
-            running = self._current is not None
-            kernel = self.kernel
-        return running and kernel is not None and kernel.interrupt()
+            target = self._current
+            if target is None or target.concluded:  # its end is decided: the runner tidies up
+                target = next((e for e in self._executions.values() if e.status == "queued"
+                               and e.execution_count not in self._cancelled), None)
+            if target is None:
+                return False
+            kernel = self._claim(target)
+        return self._stop(target, kernel, "the cell was interrupted before it ran")
 
     def cancel(self, execution: Execution) -> bool:
         """Stop this one execution: interrupt it if it runs, drop it if it waits; else False."""
         with self._lock:
-            if execution.finished or execution.execution_count in self._cancelled:
+            if execution.concluded or execution.execution_count in self._cancelled:
                 return False
-            running = self._current is execution
-            if not running:
-                # Marked under the lock the runner takes before it starts a cell: either the
-                # runner sees the mark and skips the cell, or it is running and gets interrupted.
-                self._cancelled.add(execution.execution_count)
-            kernel = self.kernel
-        if running:
-            return kernel is not None and kernel.interrupt()
+            kernel = self._claim(execution)
+        return self._stop(execution, kernel, "the cell was cancelled before it ran")
+
+    def _claim(self, execution: Execution) -> Kernel | None:
+        """Under the lock: the kernel to interrupt a taken cell in; else None, marked to skip."""
+        # The runner reads the mark under this lock before it takes a cell: it either skips it
+        # or has taken it (then the kernel stops it by number, even before it starts).
+        if self._current is execution and self.kernel is not None:
+            return self.kernel
+        self._cancelled.add(execution.execution_count)
+        return None
+
+    def _stop(self, execution: Execution, kernel: Kernel | None, why: str) -> bool:
+        """Carry out _claim's decision, outside the lock."""
+        if kernel is not None:
+            return kernel.interrupt(execution.execution_count)
         self._finish_early(execution, Outcome("interrupted", error=ErrorInfo(
-            "KeyboardInterrupt", "the cell was cancelled before it ran", "")))
+            "KeyboardInterrupt", why, "")))
         return True
 
     def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:

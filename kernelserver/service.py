@@ -16,7 +16,7 @@ from typing import Any
 from . import datadir, tokenfile
 from .backends import load_backend
 from .backends.base import NamespaceOptions, Resources
-from .errors import ExecutionNotFound, NamespaceNotFound
+from .errors import ExecutionNotFound, NamespaceNotFound, NamespaceUnavailable
 from .execution import Execution
 from .history import History, HistoryError
 from .namespace import Namespace, NamespaceInfo
@@ -110,7 +110,7 @@ class Service:
         return [namespace.info() for namespace in self.registry.list()]
 
     def interrupt(self, namespace_id: str) -> bool:
-        """KeyboardInterrupt in the namespace's running cell; False when none runs."""
+        """KeyboardInterrupt in the running cell, else the next one accepted; False if none."""
         return self.registry.get(namespace_id).interrupt()
 
     def restart(self, namespace_id: str) -> NamespaceInfo:
@@ -254,7 +254,12 @@ class Service:
             if cached is not None and time.monotonic() - cached[0] < PROBE_TTL:
                 return cached[1]
             # The server's own look at its environment: not a namespace, not limited as one.
-            kernel = self.backend.start_kernel("probe", NamespaceOptions(Resources(memory=0)))
+            try:
+                kernel = self.backend.start_kernel("probe", NamespaceOptions(Resources(memory=0)))
+            except NamespaceUnavailable as exc:
+                # A cluster still placing its first actor, no room for one: /info still answers
+                # with the rest (the cluster's state says why), and the next call tries again.
+                return {"error": f"the probe could not start: {exc.message}"}
             try:
                 cell = Cell(PROBE_CODE, timeout=120.0)
                 sink = Execution("probe", 0, cell, 1 << 24)

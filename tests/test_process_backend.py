@@ -242,7 +242,7 @@ def test_kernel_handle_is_a_context_manager() -> None:
             sink = Execution("k", 1, "", 1000)
             outcome = kernel.execute(Cell("6 * 7"), 1, sink)
             assert outcome.result == {"text/plain": "42"}
-            assert kernel.interrupt() is False
+            assert kernel.interrupt(1) is False  # it has finished
             kernel.restart()
             assert kernel.pid != pid and not pid_alive(pid)
         assert not kernel.is_alive()

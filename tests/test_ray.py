@@ -118,6 +118,19 @@ def test_interrupt_reaches_a_cell_on_the_node(server: LiveServer) -> None:
     assert run(server, "stop-me", "'still here'")["result"] == {"text/plain": "'still here'"}
 
 
+def test_an_interrupt_right_after_the_cell_is_accepted_is_not_lost(server: LiveServer) -> None:
+    # The interrupt may reach the actor before the cell does: it is kept for the cell, which
+    # then never runs (issue 22). Few rounds: each costs a few Ray calls.
+    post(server, "/env/create", {"id": "race"})
+    for i in range(15):
+        n = run(server, "race", "import time; time.sleep(30)", wait=0)["execution_count"]
+        assert post(server, "/env/interrupt", {"id": "race"}).json()["interrupted"] is True, i
+        final = requests.get(server.url + "/env/execution", headers=server.headers, timeout=60,
+                             params={"id": "race", "n": n, "wait": 15}).json()
+        assert final["status"] == "interrupted", (i, final)
+    assert post(server, "/env/interrupt", {"id": "race"}).json()["interrupted"] is False
+
+
 def test_a_cell_stuck_past_its_timeout_is_killed_with_its_output_kept(server: LiveServer) -> None:
     post(server, "/env/create", {"id": "stuck"})
     run(server, "stuck", "kept = 1")
@@ -298,6 +311,10 @@ def test_the_server_outlives_its_cluster(tmp_path: Path) -> None:
         assert refused.status_code == 503 and "start_timeout" in refused.json()["error"]["message"]
         assert requests.get(live.url + "/env/list", headers=live.headers, timeout=30).status_code == 200
         assert timed["health"] < 3 and timed["create"] < 10, timed
+        # /info still answers, and says what is wrong, rather than a 503 for its probe.
+        info = requests.get(live.url + "/info", headers=live.headers, timeout=60)
+        assert info.status_code == 200, info.text
+        assert "could not start" in info.json()["probe"]["error"] and "error" in info.json()["cluster"]
     finally:
         started = time.monotonic()
         live.stop(timeout=30)

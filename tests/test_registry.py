@@ -30,7 +30,7 @@ class FakeKernel:
         sink.write_stdout(cell.code)
         return Outcome("ok", result={"text/plain": str(execution_count)})
 
-    def interrupt(self) -> bool:
+    def interrupt(self, execution_count: int) -> bool:
         return False
 
     def is_alive(self) -> bool:

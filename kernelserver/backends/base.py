@@ -74,6 +74,12 @@ def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_a
     return ErrorInfo("TimeoutError", evalue, traceback)
 
 
+def interrupted_before_start() -> Outcome:
+    """The answer for a cell whose interrupt came before it started: it did not run."""
+    return Outcome("interrupted", error=ErrorInfo(
+        "KeyboardInterrupt", "the cell was interrupted before it started", ""))
+
+
 def timed_out(outcome: Outcome, timeout: float | None) -> Outcome:
     """The answer for a cell whose deadline passed: a timeout, unless it failed on its own first."""
     if outcome.status not in ("interrupted", "ok"):
@@ -91,8 +97,10 @@ class Kernel(Protocol):
     def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run a cell to completion (or its timeout), streaming its output into sink."""
 
-    def interrupt(self) -> bool:
-        """Raise KeyboardInterrupt in the running cell; False when nothing is running."""
+    # Aimed by number, never at another cell: one not started yet is kept, and execute()
+    # answers it interrupted without running it.
+    def interrupt(self, execution_count: int) -> bool:
+        """KeyboardInterrupt in that cell, running or not started yet; False once it has ended."""
 
     def is_alive(self) -> bool:
         """False once the namespace's process died (the next cell starts a new one)."""

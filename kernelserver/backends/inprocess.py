@@ -22,7 +22,14 @@ from .. import introspect
 from ..errors import NamespaceUnavailable
 from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
-from .base import ExitReason, NamespaceOptions, OutputSink, refuse_placement, timed_out
+from .base import (
+    ExitReason,
+    NamespaceOptions,
+    OutputSink,
+    interrupted_before_start,
+    refuse_placement,
+    timed_out,
+)
 
 _Writer = Callable[[str], None]
 _route: contextvars.ContextVar[tuple[_Writer, _Writer] | None] = contextvars.ContextVar(
@@ -82,9 +89,10 @@ def install_routing() -> None:
             sys.stderr = _RoutedStream(sys.stderr, 1)
 
 
-def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> bool:
+    """Make exc_type raise in that thread at its next bytecode; None takes back one not raised yet."""
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type is not None else None
     )
     return bool(done == 1)
 
@@ -116,8 +124,13 @@ class InProcessKernel:
         self.repr_limit = repr_limit
         self._sink: OutputSink | None = None
         self._executor = self._new_executor()
-        self._running_thread: int | None = None
+        # Under _lock: the thread running cell _running (the only one an interrupt is raised
+        # in), the latest cell started, and an interrupt for a cell not started yet.
         self._lock = threading.Lock()
+        self._running_thread: int | None = None
+        self._running: int | None = None
+        self._started = 0
+        self._early: int | None = None
 
     def _new_executor(self) -> Executor:
         return Executor(repr_limit=self.repr_limit, on_display=self._display)
@@ -128,46 +141,74 @@ class InProcessKernel:
 
     def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run the cell on this thread with its output routed to sink."""
+        with self._lock:
+            self._started = max(self._started, execution_count)
+            early, self._early = self._early, None
+            if early == execution_count:
+                return interrupted_before_start()
+            self._running_thread = threading.get_ident()
+            self._running = execution_count
+        # From here an interrupt may land at any bytecode until the loop below takes it back:
+        # no call (where one could land) stands outside a try that catches it.
         timeout = cell.timeout
-        self._sink = sink
-        token = _route.set((sink.write_stdout, sink.write_stderr))
         expired = threading.Event()
         timer: threading.Timer | None = None
-        with self._lock:
-            self._running_thread = threading.get_ident()
-        if timeout is not None:
-            def expire() -> None:
-                expired.set()
-                self.interrupt()
-
-            timer = threading.Timer(timeout, expire)
-            timer.daemon = True
-            timer.start()
+        token = None
+        outcome: Outcome | None = None
         try:
+            self._sink = sink
+            token = _route.set((sink.write_stdout, sink.write_stderr))
+            if timeout is not None:
+                def expire() -> None:
+                    expired.set()
+                    self.interrupt(execution_count)
+
+                timer = threading.Timer(timeout, expire)
+                timer.daemon = True
+                timer.start()
             stdin = functools.partial(_ask, sink) if cell.allow_stdin else None
             outcome = self._executor.run(cell.code, execution_count, cell.repr_limit, stdin)
             if cell.user_expressions:
                 outcome = replace(outcome,
                                   user_expressions=self._executor.evaluate(cell.user_expressions))
         except KeyboardInterrupt:
-            # The injected interrupt landed just outside the cell's own try block.
+            pass  # it landed just outside the cell's own try block: answered below
+        landed = False
+        while True:
+            try:
+                with self._lock:
+                    thread, self._running_thread, self._running = self._running_thread, None, None
+                    if thread is not None:
+                        _raise_in_thread(thread, None)  # one injected, not raised yet
+                break
+            except KeyboardInterrupt:  # raised before it could be taken back
+                landed = True
+        if outcome is None or (landed and outcome.status == "ok"):
+            # Interrupted outside the cell's code (even as it ended: the interrupt said true).
             outcome = Outcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
                               truncated=self._executor.truncated)
-        finally:
-            with self._lock:
-                self._running_thread = None
-            if timer is not None:
-                timer.cancel()
+        if timer is not None:
+            timer.cancel()
+        if token is not None:
             _route.reset(token)
-            self._sink = None
+        self._sink = None
         return timed_out(outcome, timeout) if expired.is_set() else outcome
 
-    def interrupt(self) -> bool:
-        """Inject KeyboardInterrupt into the running cell's thread."""
+    def interrupt(self, execution_count: int) -> bool:
+        """KeyboardInterrupt in that cell's thread, or at its start; False once it has ended."""
         with self._lock:
-            if self._running_thread is None:
-                return False
-            return _raise_in_thread(self._running_thread, KeyboardInterrupt)
+            if self._running == execution_count and self._running_thread is not None:
+                return _raise_in_thread(self._running_thread, KeyboardInterrupt)
+            if execution_count > self._started:
+                self._early = execution_count  # execute() answers it without running it
+                return True
+            return False
+
+    def _interrupt_running(self) -> None:
+        """Whatever cell runs now (a restart or close)."""
+        with self._lock:
+            if self._running_thread is not None:
+                _raise_in_thread(self._running_thread, KeyboardInterrupt)
 
     def is_alive(self) -> bool:
         """Always: it lives as long as the server."""
@@ -187,7 +228,7 @@ class InProcessKernel:
 
     def restart(self) -> None:
         """Drop the namespace dict for a fresh one."""
-        self.interrupt()
+        self._interrupt_running()
         old, self._executor = self._executor, self._new_executor()
         old.close()
 
@@ -197,7 +238,7 @@ class InProcessKernel:
 
     def close(self, reason: ExitReason = ExitReason.DELETED) -> None:
         """Interrupt anything running and clear the namespace."""
-        self.interrupt()
+        self._interrupt_running()
         self._executor.close()
 
 

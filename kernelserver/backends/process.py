@@ -23,6 +23,7 @@ from .base import (
     ExitReason,
     NamespaceOptions,
     OutputSink,
+    interrupted_before_start,
     refuse_placement,
     timed_out,
     timeout_error,
@@ -36,6 +37,10 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 DRAIN_AFTER_RESULT = 5.0  # seconds to wait for the output sentinels once the result is in
 DRAIN_AFTER_DEATH = 1.0  # a grandchild may hold the pipes open after the worker died
+# Seconds the worker's query thread has to answer an interrupt; past it (a __repr__ that hangs
+# in a query, a C call that holds the GIL) the cell is signalled without it.
+INTERRUPT_ANSWER = 2.0
+QUERY_TIMEOUT = 10.0  # seconds any other query may take
 
 
 def describe_status(status: int | None) -> str:
@@ -97,7 +102,7 @@ class Worker:
             os.close(err_w)
         self.ctl = ctl
         self.query = query
-        self.query.settimeout(10.0)
+        self.query.settimeout(QUERY_TIMEOUT)
         self.query_lock = threading.Lock()
         self._query_seq = 0
         self.ctl_lock = threading.Lock()
@@ -170,16 +175,22 @@ class Worker:
         self.signal(signal.SIGKILL)
         return self.wait(5.0)
 
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+    def ask(self, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """A request/reply on the query channel (answered even while a cell runs)."""
         with self.query_lock:
             self._query_seq += 1
-            protocol.send(self.query, {**message, "seq": self._query_seq})
-            while True:
-                reply = protocol.recv(self.query)
-                # A reply that comes after its asker timed out belongs to nobody: skip it.
-                if reply.get("seq") == self._query_seq:
-                    return reply
+            if timeout is not None:
+                self.query.settimeout(timeout)
+            try:
+                protocol.send(self.query, {**message, "seq": self._query_seq})
+                while True:
+                    reply = protocol.recv(self.query)
+                    # A reply that comes after its asker timed out belongs to nobody: skip it.
+                    if reply.get("seq") == self._query_seq:
+                        return reply
+            finally:
+                if timeout is not None:
+                    self.query.settimeout(QUERY_TIMEOUT)
 
     def tell(self, message: dict[str, Any]) -> None:
         """Send on the control channel (from any thread: a cell, a shutdown, an input reply)."""
@@ -243,6 +254,13 @@ class ProcessKernel:
         self._worker: Worker | None = None
         self._busy = False
         self._closing = False
+        # Which cell an interrupt is for, decided under _cells: the cell whose execute message
+        # went to that worker (until its end), one interrupted before it was sent, and the
+        # latest cell that has ended (interrupting it, or one before it, does nothing).
+        self._cells = threading.Lock()
+        self._sent: tuple[Worker, int] | None = None
+        self._early: int | None = None
+        self._ended = 0
         if autostart:
             self.start()
 
@@ -278,13 +296,33 @@ class ProcessKernel:
         """The current worker's pid."""
         return self._worker.pid if self._worker else None
 
-    def interrupt(self) -> bool:
-        """SIGINT the running cell; False when idle."""
-        worker = self._worker
-        if worker is None or not self._busy:
-            return False
-        worker.signal(signal.SIGINT)
-        return True
+    def interrupt(self, execution_count: int) -> bool:
+        """Interrupt that cell, in its worker or before it is sent there; False once it ended."""
+        with self._cells:
+            sent = self._sent
+            if sent is None or sent[1] != execution_count:
+                if execution_count <= self._ended:
+                    return False
+                self._early = execution_count  # execute() answers it without sending it
+                return True
+        return self._interrupt_sent(sent[0], execution_count)
+
+    def _interrupt_sent(self, worker: Worker, execution_count: int) -> bool:
+        """Ask the worker's query thread to interrupt a cell sent to it; False if it has ended."""
+        try:
+            reply = worker.ask({"op": "interrupt", "execution_count": execution_count},
+                               timeout=INTERRUPT_ANSWER)
+        except (OSError, protocol.ChannelClosed):
+            pass  # no answer: its query thread is stuck, or the worker is going away
+        else:
+            return bool(reply.get("ok") and reply.get("interrupted"))
+        with self._cells:
+            # Signalled while the cell is still unanswered, the next cannot have been sent:
+            # the worker takes this SIGINT before it reads the next cell.
+            if self._sent != (worker, execution_count) or not worker.is_alive():
+                return False
+            worker.signal(signal.SIGINT)
+            return True
 
     def shutdown(self, reason: ExitReason = ExitReason.DELETED) -> None:
         """Stop the worker for good (escalating, bounded)."""
@@ -386,6 +424,9 @@ class ProcessKernel:
         try:
             outcome = self._run(worker, cell, execution_count, sink)
         finally:
+            with self._cells:
+                self._sent = None
+                self._ended = max(self._ended, execution_count)
             self._busy = False
             if worker is not self._worker:
                 worker.close()
@@ -436,6 +477,11 @@ class ProcessKernel:
         if memory is not None:
             memory.arm()
         next_check = time.monotonic() + memory_limits.POLL
+        with self._cells:
+            interrupted, self._early = self._early, None
+            if interrupted == execution_count:
+                return interrupted_before_start()
+            self._sent = (worker, execution_count)  # from now on interrupts go to the worker
         try:
             worker.tell(message)
         except OSError:
@@ -460,7 +506,10 @@ class ProcessKernel:
                     break
             if deadline is not None and not deadline_passed and now >= deadline:
                 deadline_passed = True
-                worker.signal(signal.SIGINT)
+                # Aimed at this cell like a user's interrupt (even one not started yet), on a
+                # thread of its own: this loop keeps reading output, and kills at kill_at.
+                threading.Thread(target=self._interrupt_sent, args=(worker, execution_count),
+                                 name="timeout-interrupt", daemon=True).start()
                 kill_at = now + self.interrupt_grace
             if kill_at is not None and io.reply is None and now >= kill_at:
                 worker.kill()

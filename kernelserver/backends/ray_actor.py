@@ -136,8 +136,9 @@ class NamespaceActor:
         reply(value)
         return True
 
-    def interrupt(self) -> bool:
-        return self.kernel.interrupt()
+    def interrupt(self, execution_count: int) -> bool:
+        """That cell's interrupt, as the process kernel aims it (before it starts, too)."""
+        return self.kernel.interrupt(execution_count)
 
     def is_alive(self) -> bool:
         return self.kernel.is_alive()

@@ -176,9 +176,10 @@ class RayKernel:
 
     # -- the rest of the Kernel protocol --
 
-    def interrupt(self) -> bool:
+    def interrupt(self, execution_count: int) -> bool:
+        """Relayed to the actor's process kernel (it keeps one for a cell still on its way)."""
         try:
-            return bool(self._call("interrupt"))
+            return bool(self._call("interrupt", execution_count))
         except NamespaceUnavailable:
             return False
 

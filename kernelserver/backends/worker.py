@@ -30,7 +30,7 @@ from typing import Any
 from .. import introspect
 from ..executor import Executor
 from ..results import ErrorInfo, Outcome
-from . import protocol, rings
+from . import proctree, protocol, rings
 
 _libc: Any = None
 try:
@@ -51,17 +51,95 @@ def _flush_all() -> None:
 
 
 class _Interruptible:
-    """SIGINT raises KeyboardInterrupt only while a cell runs, never inside the protocol."""
+    """SIGINT raises KeyboardInterrupt only in the cell it was meant for, never in the protocol.
+
+    The server names the cell to interrupt by its execution_count (op `interrupt` on the query
+    socket, answered by the query thread): a running cell is signalled at once; one whose
+    execute message is still on its way is remembered and never starts; one that has finished
+    is left alone (the answer says so), so a late interrupt cannot reach the next cell.
+    """
 
     def __init__(self) -> None:
-        self.running = False
+        self._lock = threading.Lock()  # the query thread's check-and-signal against start/finish
+        self.running: int | None = None  # the execution_count of the cell running now
+        self._started = 0  # the latest cell started (they start in increasing order)
+        self._early: int | None = None  # an interrupt for a cell not started yet
+        self._owed: int | None = None  # the cell a SIGINT was sent for, until the handler runs
+        self._hit: int | None = None  # the cell the handler last raised an owed interrupt in
+        self._main = threading.get_ident()  # made on the main thread, where cells run
+
+    def start(self, execution_count: int) -> bool:
+        """Cell execution_count starts; False when it was interrupted before (do not run it)."""
+        with self._lock:
+            self._started = max(self._started, execution_count)
+            early, self._early = self._early, None
+            if early == execution_count:
+                return False
+            self.running = execution_count
+            return True
+
+    def finish(self) -> None:
+        """The cell ended; a SIGINT from now on is not for it."""
+        with self._lock:
+            self.running = None
+
+    def interrupt(self, execution_count: int) -> bool:
+        """From the query thread: interrupt that cell (now, or at its start); False once ended."""
+        with self._lock:
+            if self.running == execution_count:
+                self._owed = execution_count
+                # To the main thread itself: sent to the process, another thread (the flusher,
+                # one of the cell's) may take it, and the cell's sleep or read never sees it.
+                signal.pthread_kill(self._main, signal.SIGINT)
+                _interrupt_group()
+                return True
+            if execution_count > self._started:  # its execute message is on its way
+                self._early = execution_count
+                return True
+            return False
+
+    def make_sure(self, execution_count: int) -> None:
+        """Signal the cell again until its handler has taken the interrupt (bounded)."""
+        # A SIGINT that lands after the interpreter's last check and before a blocking call
+        # (the cell's first sleep) is seen only when that call returns; a second one ends it.
+        delay, deadline = 0.002, time.monotonic() + RESIGNAL_FOR
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            with self._lock:
+                if self.running != execution_count or self._owed != execution_count:
+                    return  # taken, or the cell has ended
+                if signal.getsignal(signal.SIGINT) != self.handler:
+                    return  # the cell's own handler (or SIG_IGN): it gets one signal, as ever
+                signal.pthread_kill(self._main, signal.SIGINT)
 
     def handler(self, signum: int, frame: object) -> None:
-        if self.running:
-            raise KeyboardInterrupt
+        # No lock here: the handler runs on the main thread, which may hold it already.
+        owed, self._owed = self._owed, None
+        running = self.running
+        if running is None or (owed is not None and owed != running):
+            return  # between cells, or a SIGINT sent for a cell that has finished since
+        if owed is None and self._hit == running:
+            return  # make_sure's repeat of one this cell has had already
+        if owed is not None:
+            self._hit = running
+        raise KeyboardInterrupt
+
+
+def _interrupt_group() -> None:
+    """SIGINT what the cell started in the worker's process group, as a group signal would."""
+    # os.system's shell, a subprocess; not the worker itself: its main thread had its own.
+    group = os.getpgrp()
+    for pid in proctree.descendants(os.getpid()):
+        try:
+            if os.getpgid(pid) == group:
+                os.kill(pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            pass  # gone meanwhile
 
 
 FLUSH_INTERVAL = 0.05  # seconds printed text may wait in the worker before it is sent
+RESIGNAL_FOR = 1.0  # seconds an interrupt is repeated while the cell's handler has not run
 
 
 class _ErrStream(io.TextIOWrapper):
@@ -239,7 +317,9 @@ class _Inbox:
         return self._ready.popleft()
 
 
-def _query_loop(query: socket.socket, executor: Executor) -> None:
+def _query_loop(query: socket.socket, executor: Executor, interruptible: _Interruptible) -> None:
+    # SIGINT is for the main thread, where cells run: it must never pick this one.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     while True:
         try:
             message = protocol.recv(query)
@@ -247,6 +327,7 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
             # The server is gone: nobody can ever collect our results or free us. Leave now.
             os._exit(0)
         op = message.get("op")
+        signalled: int | None = None
         try:
             if op == "variables":
                 reply: dict[str, Any] = {"ok": True, "variables": executor.variables()}
@@ -257,6 +338,10 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
                 reply = {"ok": True, "reply": introspect.inspect_name(
                     executor.namespace, str(message["code"]), int(message["cursor_pos"]),
                     int(message.get("detail_level", 0)))}
+            elif op == "interrupt":
+                target = int(message["execution_count"])
+                reply = {"ok": True, "interrupted": interruptible.interrupt(target)}
+                signalled = target if reply["interrupted"] else None
             elif op == "ping":
                 reply = {"ok": True, "pid": os.getpid()}
             else:
@@ -268,6 +353,8 @@ def _query_loop(query: socket.socket, executor: Executor) -> None:
             protocol.send(query, reply)
         except OSError:
             os._exit(0)
+        if signalled is not None:  # answered first: the server need not wait for this
+            interruptible.make_sure(signalled)
 
 
 def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[str, Any],
@@ -320,7 +407,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     getpass.getpass = executor.getpass  # as ipykernel does
     interruptible = _Interruptible()
     signal.signal(signal.SIGINT, interruptible.handler)
-    threading.Thread(target=_query_loop, args=(query, executor), name="query",
+    threading.Thread(target=_query_loop, args=(query, executor, interruptible), name="query",
                      daemon=True).start()
     while True:
         try:
@@ -334,17 +421,20 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
             break
         if op != "execute":
             continue
+        execution_count = int(message["execution_count"])
         try:
-            interruptible.running = True
-            outcome = executor.run(message["code"], int(message["execution_count"]),
-                                   message.get("repr_limit"),
-                                   stdin=ask if message.get("allow_stdin") else None)
-            if message.get("user_expressions"):
-                outcome = replace(outcome, user_expressions=executor.evaluate(
-                    message["user_expressions"]))
-            interruptible.running = False
+            if interruptible.start(execution_count):
+                outcome = executor.run(message["code"], execution_count, message.get("repr_limit"),
+                                       stdin=ask if message.get("allow_stdin") else None)
+                if message.get("user_expressions"):
+                    outcome = replace(outcome, user_expressions=executor.evaluate(
+                        message["user_expressions"]))
+            else:
+                outcome = Outcome("interrupted", error=ErrorInfo(
+                    "KeyboardInterrupt", "the cell was interrupted before it started", ""))
+            interruptible.finish()
         except KeyboardInterrupt:  # landed just outside the cell's own try block
-            interruptible.running = False
+            interruptible.running = None  # a plain store: no call, where another could land
             outcome = Outcome("interrupted", error=ErrorInfo("KeyboardInterrupt", "", ""),
                               truncated=executor.truncated)
         _flush_all()
