@@ -11,7 +11,7 @@ import sys
 from flask import Flask, Response
 
 from kernelserver.config import load_config
-from kernelserver.serving import gunicorn_options, run_gunicorn
+from kernelserver.web.serving import gunicorn_options, run_gunicorn
 
 ANSWER = b'{"status":"ok","stdout":"","stderr":"","result":{"text/plain":"2"}}\n'
 

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .app import create_app
     from .client import Client
+    from .web.app import create_app
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that a worker process importing kernelserver.executor does not import Flask.
+    # Lazy, so that a worker process importing kernelserver.runner.executor does not import Flask.
     if name == "create_app":
-        from .app import create_app
+        from .web.app import create_app
 
         return create_app
     if name == "Client":

@@ -20,9 +20,9 @@ from .errors import ExecutionNotFound, NamespaceNotFound, NamespaceUnavailable
 from .execution import Execution
 from .history import History, HistoryError
 from .namespace import Namespace, NamespaceInfo
-from .probe import PROBE_CODE, parse_probe_output
 from .registry import Registry, validate_id
 from .results import Cell, Event, ResultEvent
+from .runner.probe import PROBE_CODE, parse_probe_output
 from .subscriptions import NamespaceEvent, NamespaceSubscription, Relay, Subscription
 
 PROBE_TTL = 30.0

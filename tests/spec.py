@@ -10,7 +10,7 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC: dict[str, Any] = json.loads(files("kernelserver").joinpath("openapi.json").read_text())
+SPEC: dict[str, Any] = json.loads(files("kernelserver.web").joinpath("openapi.json").read_text())
 REGISTRY = Registry().with_resource("urn:spec", Resource.from_contents(SPEC, DRAFT202012))
 
 

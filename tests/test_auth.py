@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from flask import Blueprint, Flask
 
-from kernelserver.auth import V1_POLICY, TokenPolicy
 from kernelserver.errors import Unauthorized
+from kernelserver.web.auth import V1_POLICY, TokenPolicy
 
 from conftest import AUTH, TOKEN
 

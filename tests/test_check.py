@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from kernelserver import __version__, probe
+from kernelserver import __version__
 from kernelserver.cli import cli
+from kernelserver.runner import probe
 
 from conftest import ApiClient, LiveServer, free_port
 

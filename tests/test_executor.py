@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from kernelserver.execution import OutputBuffer
-from kernelserver.executor import Executor
+from kernelserver.runner.executor import Executor
 
 
 @pytest.fixture

@@ -247,7 +247,7 @@ def test_the_token_never_reaches_the_log_of_a_malformed_request(server: LiveServ
 
 
 def test_redaction_covers_messages_arguments_and_tracebacks() -> None:
-    from kernelserver.requestlog import Redactor, install_log_redaction
+    from kernelserver.web.requestlog import Redactor, install_log_redaction
 
     secret = "s3cret-Token_value-0123456789"
     previous = logging.getLogRecordFactory()
@@ -287,7 +287,7 @@ def test_redaction_covers_messages_arguments_and_tracebacks() -> None:
 
 
 def test_redactor_catches_the_token_in_its_escaped_forms() -> None:
-    from kernelserver.requestlog import Redactor
+    from kernelserver.web.requestlog import Redactor
 
     token = "tok'en with space/é"
     redactor = Redactor([token])

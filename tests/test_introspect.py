@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernelserver.introspect import complete, inspect_name, is_complete
+from kernelserver.runner.introspect import complete, inspect_name, is_complete
 
 
 class Exploding:

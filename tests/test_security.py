@@ -15,7 +15,7 @@ import requests
 from kernelserver import tokenfile
 from kernelserver.client import Client
 from kernelserver.config import load_config
-from kernelserver.serving import gunicorn_options
+from kernelserver.web.serving import gunicorn_options
 
 from conftest import TOKEN, LiveServer, free_port, start_server, wait_until
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 import websocket
 
-from kernelserver.jupyter.wire import MERGE_MAX, Message, Pending, new_header
-from kernelserver.websocket import ConnectionClosed, WebSocket
+from kernelserver.web.jupyter.wire import MERGE_MAX, Message, Pending, new_header
+from kernelserver.web.websocket import ConnectionClosed, WebSocket
 
 from conftest import LiveServer, wait_until
 from jupyter_ws import KernelClient, of_type, ws_url

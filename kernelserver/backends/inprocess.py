@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from .. import introspect
 from ..errors import NamespaceUnavailable
-from ..executor import Executor
 from ..results import Cell, ErrorInfo, Outcome
+from ..runner import introspect
+from ..runner.executor import Executor
 from .base import (
     ExitReason,
     NamespaceOptions,
@@ -120,7 +120,7 @@ class InProcessKernel:
     def __init__(self, repr_limit: int) -> None:
         install_routing()
         # This process must never open a plot window; figures come back as displays.
-        os.environ.setdefault("MPLBACKEND", "module://kernelserver.mpl_backend")
+        os.environ.setdefault("MPLBACKEND", "module://kernelserver.runner.mpl_backend")
         self.repr_limit = repr_limit
         self._sink: OutputSink | None = None
         self._executor = self._new_executor()

@@ -27,9 +27,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from .. import introspect
-from ..executor import Executor
 from ..results import ErrorInfo, Outcome
+from ..runner import introspect
+from ..runner.executor import Executor
 from . import proctree, protocol, rings
 
 _libc: Any = None
@@ -365,7 +365,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     out_pipe, err_pipe = os.dup(1), os.dup(2)
     writers = _make_streams(ring_fd, prefix, out_pipe, err_pipe)
     # Non-interactive plots: figures come back as PNG displays, plt.show() never blocks.
-    os.environ["MPLBACKEND"] = "module://kernelserver.mpl_backend"
+    os.environ["MPLBACKEND"] = "module://kernelserver.runner.mpl_backend"
     # A segfault then leaves the Python stack of the crash in the cell's stderr.
     faulthandler.enable(file=sys.stderr, all_threads=False)
     main_module = types.ModuleType("__main__")

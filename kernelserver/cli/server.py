@@ -120,7 +120,7 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
     if not is_loopback(config["host"]):
         click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
                    "the token can run code as this user", err=True)
-    from ..serving import gunicorn_options, run_gunicorn
+    from ..web.serving import gunicorn_options, run_gunicorn
 
     run_gunicorn(config, gunicorn_options(config, certfile, keyfile))
 

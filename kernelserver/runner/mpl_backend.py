@@ -1,6 +1,6 @@
 """A non-interactive matplotlib backend: Agg rendering, and show() publishes PNG displays.
 
-Selected in workers with MPLBACKEND=module://kernelserver.mpl_backend, as matplotlib-inline does
+Selected in workers with MPLBACKEND=module://kernelserver.runner.mpl_backend, as matplotlib-inline does
 for Jupyter. show() never blocks.
 """
 

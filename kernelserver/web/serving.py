@@ -69,9 +69,9 @@ from gunicorn.http.errors import (
 )
 from gunicorn.workers.gthread import ThreadWorker
 
+from ..encoding import dumps
+from ..errors import BadRequest, HeadersTooLarge, error_body
 from .allocator import release_large_blocks
-from .encoding import dumps
-from .errors import BadRequest, HeadersTooLarge, error_body
 from .requestlog import Redactor, install_log_redaction
 
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close: time for the peer to read and close

@@ -10,10 +10,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from .. import __version__
-from ..backends.base import NamespaceOptions, Resources
-from ..errors import BadRequest, KernelServerError, NotFound
-from ..namespace import NamespaceInfo
+from ... import __version__
+from ...backends.base import NamespaceOptions, Resources
+from ...errors import BadRequest, KernelServerError, NotFound
+from ...namespace import NamespaceInfo
 from ..params import current_service, field_resources, json_object, read_body, shown
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
@@ -23,12 +23,12 @@ from .kernels import Kernels
 from .wire import V1
 
 bp = Blueprint("jupyter", __name__)
-log = logging.getLogger("kernelserver.jupyter")
+log = logging.getLogger("kernelserver.web.jupyter")
 
 
 def current_kernels() -> Kernels:
     """The Jupyter side of the app's namespaces."""
-    kernels: Kernels = current_app.extensions["kernelserver.jupyter"]
+    kernels: Kernels = current_app.extensions["kernelserver.web.jupyter"]
     return kernels
 
 

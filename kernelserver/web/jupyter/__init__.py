@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ...service import Service
 from ..auth import TokenPolicy
-from ..service import Service
 from ..websocket import GOING_AWAY
 from .kernels import Kernels
 from .rest import bp
@@ -19,7 +19,7 @@ POLICY = TokenPolicy(schemes=("token", "bearer"), query_param="token",
 def register(app: Flask, service: Service) -> Kernels:
     """Serve the Jupyter API from app, over service's namespaces."""
     kernels = Kernels(service, service.config["max_websockets"])
-    app.extensions["kernelserver.jupyter"] = kernels
+    app.extensions["kernelserver.web.jupyter"] = kernels
     app.extensions["kernelserver.guard"].protect(bp.name, POLICY)
     app.register_blueprint(bp)
     # Server shutdown: every socket is told the server goes away, so handlers end at once.

@@ -14,10 +14,9 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, auth, console, jupyter, requestlog
-from .api import bp as v1
-from .config import is_loopback, load_config
-from .errors import (
+from .. import __version__
+from ..config import is_loopback, load_config
+from ..errors import (
     BadRequest,
     KernelServerError,
     MethodNotAllowed,
@@ -27,8 +26,10 @@ from .errors import (
     UnsupportedMediaType,
     error_body,
 )
+from ..service import Service
+from . import auth, console, jupyter, requestlog
+from .api import bp as v1
 from .params import current_service
-from .service import Service
 from .streaming import json_response
 
 log = logging.getLogger("kernelserver")

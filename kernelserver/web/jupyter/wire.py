@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from ..encoding import json_bytes, loads
+from ...encoding import json_bytes, loads
 
 V1 = "v1.kernel.websocket.jupyter.org"
 PROTOCOL_VERSION = "5.3"  # the messaging spec this kernel speaks (kernel_info_reply)

@@ -12,16 +12,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import introspect
-from ..errors import BadRequest, KernelServerError
-from ..results import Cell
-from ..service import Service
+from ...errors import BadRequest, KernelServerError
+from ...results import Cell
+from ...runner import introspect
+from ...service import Service
 from ..websocket import TRY_AGAIN_LATER, ConnectionClosed, WebSocket
 from . import replies
 from .kernels import OFFLINE_BYTES, JupyterKernel, JupyterOrigin, Kernels, Slot
 from .wire import Message, Pending, WireError, new_header, parse, reply, serialize, weight
 
-log = logging.getLogger("kernelserver.jupyter")
+log = logging.getLogger("kernelserver.web.jupyter")
 
 # A client this far behind (messages, or characters of output and displays) is dropped, and
 # replayed what it missed when it comes back: its queue never makes the cell, its deadline or

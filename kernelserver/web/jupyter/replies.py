@@ -6,10 +6,10 @@ import fnmatch
 import platform
 from typing import Any
 
-from .. import __version__
-from ..errors import KernelServerError
-from ..results import ErrorInfo, ExecutionResult
-from ..service import Service
+from ... import __version__
+from ...errors import KernelServerError
+from ...results import ErrorInfo, ExecutionResult
+from ...service import Service
 from .wire import PROTOCOL_VERSION
 
 KERNEL_NAME = "python3"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from ..results import ErrorInfo, Outcome
 from .display import (
     bound_bundle,
     current_publisher,
@@ -24,7 +25,6 @@ from .display import (
     mimebundle,
     recording_cuts,
 )
-from .results import ErrorInfo, Outcome
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT

@@ -11,10 +11,10 @@ from urllib.parse import parse_qsl
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
-from .backends.base import Resources
-from .config import MIN_MEMORY_LIMIT, parse_size
-from .encoding import loads
-from .errors import (
+from ..backends.base import Resources
+from ..config import MIN_MEMORY_LIMIT, parse_size
+from ..encoding import loads
+from ..errors import (
     BadRequest,
     KernelServerError,
     LimitExceeded,
@@ -22,7 +22,7 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from .service import Service
+from ..service import Service
 
 
 def current_service() -> Service:

@@ -12,8 +12,8 @@ from importlib.resources import files
 
 from flask import Blueprint, Flask, Response
 
+from ...errors import NotFound
 from ..auth import TokenPolicy
-from ..errors import NotFound
 
 bp = Blueprint("console", __name__)
 
@@ -30,7 +30,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def _static(name: str, mimetype: str) -> Response:
-    body = files("kernelserver.console").joinpath("static").joinpath(name).read_bytes()
+    body = files("kernelserver.web.console").joinpath("static").joinpath(name).read_bytes()
     response = Response(body, mimetype=mimetype)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"

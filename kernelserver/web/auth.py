@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
-from .config import host_without_port, is_loopback
-from .errors import HostNotAllowed, OriginNotAllowed, Unauthorized
+from ..config import host_without_port, is_loopback
+from ..errors import HostNotAllowed, OriginNotAllowed, Unauthorized
 from .websocket import is_upgrade
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Response
 
+from ..backends.base import NamespaceOptions
+from ..errors import ServerUnavailable
+from ..results import Cell
 from . import requestlog
-from .backends.base import NamespaceOptions
-from .errors import ServerUnavailable
 from .params import (
     current_service,
     field_bool,
@@ -23,7 +24,6 @@ from .params import (
     field_stream,
     params,
 )
-from .results import Cell
 from .streaming import execution_response, json_response, stream_response
 
 bp = Blueprint("v1", __name__)
@@ -151,7 +151,7 @@ def env_history_delete() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     # Hand-written and shipped in the package; tests validate real answers against it.
-    return Response(files("kernelserver").joinpath("openapi.json").read_bytes(),
+    return Response(files("kernelserver.web").joinpath("openapi.json").read_bytes(),
                     mimetype="application/json")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from flask import Response, request, stream_with_context
 
-from .encoding import dumps, encode, is_large, iter_json
-from .execution import Execution
-from .results import FINISHED, DisplayEvent, OutputEvent, ResultEvent
-from .service import CellStream
+from ..encoding import dumps, encode, is_large, iter_json
+from ..execution import Execution
+from ..results import FINISHED, DisplayEvent, OutputEvent, ResultEvent
+from ..service import CellStream
 
 TEXT_MIMETYPE = "text/plain"
 

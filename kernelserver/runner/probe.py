@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
-PROBE_CODE = "from kernelserver.probe import print_probe\nprint_probe()"
+PROBE_CODE = "from kernelserver.runner.probe import print_probe\nprint_probe()"
 MARK = "KERNELSERVER-PROBE:"
 
 

@@ -10,18 +10,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NamespaceNotFound, TooManyWebSockets
-from ..execution import Execution
-from ..results import (
-    DisplayEvent,
-    InputRequestEvent,
-    OutputEvent,
-    ResultEvent,
-    StartedEvent,
-    StateEvent,
-)
-from ..service import Service
-from ..subscriptions import NamespaceEvent
+from ...errors import NamespaceNotFound, TooManyWebSockets
+from ...execution import Execution
+from ...results import DisplayEvent, InputRequestEvent, OutputEvent, ResultEvent, StartedEvent, StateEvent
+from ...service import Service
+from ...subscriptions import NamespaceEvent
 from . import replies
 from .wire import PROTOCOL_VERSION, USERNAME, Message, Pending, new_header, weight
 
