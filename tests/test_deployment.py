@@ -37,6 +37,8 @@ import websocket
 from conftest import TOKEN, LiveServer, free_port, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
+pytestmark = pytest.mark.slow  # a real server behind a real nginx
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "deployment.md"
 FENCE = re.compile(r"^(?P<before>[^\n]*)\n```(?P<lang>\w+)\n(?P<body>.*?)\n```$", re.S | re.M)
@@ -383,7 +385,6 @@ def test_the_readmes_ci_script_runs_through_the_proxy(proxy: Proxy, tmp_path: Pa
     assert "environment check: passed" in done.stdout
 
 
-@pytest.mark.slow
 def test_jupyterlabs_gateway_client_runs_cells_through_the_proxy(proxy: Proxy, tmp_path: Path) -> None:
     """jupyter_server with the doc's `jupyter lab` flags (JupyterLab's server and gateway client):
     it sends the public Host, the token, and no Origin."""

@@ -106,6 +106,7 @@ def session(server: LiveServer) -> Iterator[requests.Session]:
         yield opened
 
 
+@pytest.mark.slow
 def test_an_interrupt_right_after_the_cell_is_accepted_stops_it_under_gunicorn(
         server: LiveServer, session: requests.Session) -> None:
     def post(path: str, body: dict[str, Any]) -> Any:

@@ -22,7 +22,7 @@ import requests
 
 from conftest import LiveServer, pid_alive, start_server, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(300)]
 
 ray_cluster_utils = pytest.importorskip(
     "ray.cluster_utils", reason="the ray backend's tests need `pip install 'kernelserver[ray]'`")
