@@ -19,6 +19,9 @@ class KernelServerError(Exception):
     # Retry-After on a 429 or 503), and the request that got it; None on the server.
     response: Any = None
     request: Any = None
+    # Seconds a client should wait before asking again (the Retry-After header of a 429 or 503);
+    # None where asking again soon would get the same answer.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -67,10 +70,55 @@ class NotFound(KernelServerError, LookupError):
     code = "not_found"
 
 
+# Why a namespace id has no namespace, as far as the server knows (NamespaceNotFound.why).
+WHY_UNKNOWN, WHY_DELETED, WHY_CULLED, WHY_RESTARTED = (
+    "unknown", "deleted", "culled", "server_restarted")
+
+
 class NamespaceNotFound(NotFound):
-    """No namespace with that id."""
+    """No namespace with that id; `why` and `history` say what became of it (details travel too)."""
 
     code = "namespace_not_found"
+
+    @classmethod
+    def missing(cls, namespace_id: str, why: str = WHY_UNKNOWN, history: bool = False,
+                idle: float | None = None, cull_idle_after: float | None = None
+                ) -> NamespaceNotFound:
+        """The error for an id with no namespace: what happened, in words no front end owns."""
+        name = repr(namespace_id)
+        kept = "its history is kept" if history else ""
+        if why == WHY_CULLED:
+            message = (f"namespace {name} was deleted after {idle or 0:.0f} s idle "
+                       f"(cull_idle_after {cull_idle_after or 0:g} s) to free its memory")
+        elif why == WHY_DELETED:
+            message = f"no namespace {name} now: it was deleted"
+        elif why == WHY_RESTARTED:
+            message = f"no namespace {name} now: namespaces do not survive a restart of the server"
+            kept = "but its history does" if history else ""
+        else:
+            message = f"no namespace {name}"
+        if kept:
+            message += ("; " if why != WHY_RESTARTED else ", ") + kept
+        details: dict[str, Any] = {"id": namespace_id, "why": why, "history": history}
+        if why == WHY_CULLED:
+            details.update(idle=round(idle or 0, 1), cull_idle_after=cull_idle_after)
+        return cls(message, **details)
+
+    @property
+    def namespace_id(self) -> str | None:
+        """The id asked for (also on the client: it comes back in the body's details)."""
+        found = self.details.get("id")
+        return found if isinstance(found, str) else None
+
+    @property
+    def why(self) -> str:
+        """unknown, deleted, culled or server_restarted."""
+        return str(self.details.get("why") or WHY_UNKNOWN)
+
+    @property
+    def history(self) -> bool:
+        """Whether its recorded executions can still be read."""
+        return bool(self.details.get("history"))
 
 
 class ExecutionNotFound(NotFound):
@@ -105,6 +153,12 @@ class PayloadTooLarge(KernelServerError):
     status = 413
     code = "payload_too_large"
 
+    @classmethod
+    def for_limit(cls, limit: int) -> PayloadTooLarge:
+        """The one 413 every front end and the serving layer answer."""
+        return cls(f"request body too large: the limit is {limit} bytes (max_body_bytes)",
+                   limit=limit)
+
 
 class HeadersTooLarge(KernelServerError):
     """The request's header block is larger than the server reads (answered by the worker)."""
@@ -125,6 +179,12 @@ class TooManyNamespaces(KernelServerError):
 
     status = 429
     code = "too_many_namespaces"
+    retry_after = 10  # a slot frees when someone deletes one or the culler (1 s checks) does
+
+    @classmethod
+    def for_limit(cls, limit: int) -> TooManyNamespaces:
+        """The error for a create past max_namespaces (front ends add how to free one)."""
+        return cls(f"namespace limit reached ({limit})", limit=limit)
 
 
 class QueueFull(KernelServerError):
@@ -132,6 +192,13 @@ class QueueFull(KernelServerError):
 
     status = 429
     code = "queue_full"
+    retry_after = 1  # queued cells drain as fast as they run
+
+    @classmethod
+    def for_limit(cls, namespace_id: str, limit: int) -> QueueFull:
+        """The error for a cell past max_queued."""
+        return cls(f"namespace {namespace_id!r} already has {limit} executions queued; wait for "
+                   "them or interrupt", id=namespace_id, limit=limit)
 
 
 class NamespaceUnavailable(KernelServerError):
@@ -139,6 +206,7 @@ class NamespaceUnavailable(KernelServerError):
 
     status = 503
     code = "namespace_unavailable"
+    retry_after = 2  # a restart or a new start of the id takes about that
 
 
 class ServerUnavailable(KernelServerError):
@@ -146,6 +214,7 @@ class ServerUnavailable(KernelServerError):
 
     status = 503
     code = "unavailable"
+    retry_after = 5  # the probe is cached; a backend coming back is seen within seconds
 
 
 class TooManyWebSockets(KernelServerError):
@@ -153,6 +222,7 @@ class TooManyWebSockets(KernelServerError):
 
     status = 503
     code = "too_many_websockets"
+    retry_after = 5  # a slot frees when another client closes its socket
 
 
 class OriginNotAllowed(KernelServerError, PermissionError):

@@ -346,10 +346,11 @@ class Execution:
 
     def _gap_note(self, characters: int) -> Event:
         """Where a stream client that fell behind missed output: what, and where it is kept."""
+        # Front-end neutral words: this text is output, the same bytes for every client.
         return OutputEvent("stderr", (
             f"\n[kernelserver: {characters} characters of output left out of this stream here: "
-            "the client read more slowly than the cell printed. The execution keeps its output "
-            f"(up to the cap): GET /env/execution?id={self.id}&n={self.execution_count}]\n"))
+            "the client read more slowly than the cell printed. The whole output (up to the cap) "
+            f"is kept with execution {self.execution_count} of namespace {self.id!r}]\n"))
 
     def unsubscribe(self, listener: Listener[Event]) -> None:
         """Stop sending events to listener."""

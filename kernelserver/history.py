@@ -9,79 +9,20 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .encoding import Text
+from .historyrows import (
+    FINISHED_ROWS,
+    SCHEMA,
+    delete_rows,
+    expired_rows,
+    storable,
+    text_of,
+    write_outputs,
+)
 from .results import ErrorInfo, ExecutionResult, Finished
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS executions (
-    ns TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    code TEXT NOT NULL,
-    status TEXT NOT NULL,
-    submitted_at TEXT,
-    started_at TEXT,
-    duration_ms REAL,
-    result TEXT,
-    displays TEXT,
-    error TEXT,
-    truncated INTEGER NOT NULL DEFAULT 0,
-    restarted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (ns, n)
-);
--- Outputs apart, the blob last: SQLite keeps zeroblob(n) lazy only in a record's last column,
--- which lets a large output be written in pieces instead of copied whole.
--- Numbers handed out ahead of the batched rows: an execution_count is on disk before it is
--- answered, so a server killed right after an answer never hands it out again.
-CREATE TABLE IF NOT EXISTS counters (
-    ns TEXT PRIMARY KEY,
-    reserved INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outputs (
-    ns TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (ns, n, stream)
-);
-"""
-
-
-BLOB_PIECE = 1 << 16
-_CAN_STREAM_BLOBS = hasattr(sqlite3.Connection, "blobopen")  # Python 3.11+
-
-
-def _utf8_pieces(text: Text) -> Iterator[bytes]:
-    for piece in text.pieces:
-        for start in range(0, len(piece), BLOB_PIECE):
-            yield piece[start:start + BLOB_PIECE].encode("utf-8", "surrogatepass")
-
-
-def _utf8_size(text: Text) -> int:
-    if all(piece.isascii() for piece in text.pieces):
-        return len(text)
-    return sum(len(chunk) for chunk in _utf8_pieces(text))
-
-
-def _storable(text: str) -> str:
-    """text as SQLite can bind it: a lone surrogate (JSON can carry one) becomes its escape."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _text(value: str | bytes | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    return value
-
 
 PAGE_CACHE_KIB = 256
 COALESCE_SECONDS = 0.05  # how long writes nobody waits for gather before the writer commits them
@@ -97,8 +38,6 @@ COMMIT_WAIT = 5.0
 CHECKPOINT_BYTES = 1000 * 4096
 CODE_PREVIEW = 1000  # characters of each cell's code /env/history lists; /env/execution has all
 PRUNE_EVERY = 60.0  # seconds between retention passes (history_keep, history_max_age_days)
-PRUNE_BATCH = 10_000  # rows one pass deletes at most: the writer must get back to new rows
-FINISHED_ROWS = "status NOT IN ('queued', 'running')"  # a live cell's row is never pruned
 
 
 _nothing = threading.Event()  # the writer's wake-up with no write (time for a retention pass)
@@ -290,7 +229,7 @@ class History:
         """Queue the row of a newly submitted execution."""
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO executions (ns, n, code, status, submitted_at) "
-                         "VALUES (?, ?, ?, 'queued', ?)", (ns, n, _storable(code), submitted_at))
+                         "VALUES (?, ?, ?, 'queued', ?)", (ns, n, storable(code), submitted_at))
             self._wal_bytes += 4096 + len(code)
 
         self._put(write)
@@ -327,7 +266,7 @@ class History:
         conn.execute(
             "INSERT OR REPLACE INTO executions (ns, n, code, status, started_at, duration_ms, "
             "result, displays, error, truncated, restarted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (result.id, result.execution_count, _storable(result.code), result.status,
+            (result.id, result.execution_count, storable(result.code), result.status,
              result.started_at,
              result.duration_ms,
              json.dumps(result.result) if result.result is not None else None,
@@ -335,53 +274,11 @@ class History:
              json.dumps(result.error.to_dict()) if result.error else None,
              int(result.truncated), int(result.restarted)),
         )
-        for stream, text in (("stdout", final.stdout), ("stderr", final.stderr)):
-            if not text:
-                continue
-            if not _CAN_STREAM_BLOBS or len(text) <= BLOB_PIECE:
-                conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
-                             (result.id, result.execution_count, stream,
-                              str(text).encode("utf-8", "surrogatepass")))
-                continue
-            cursor = conn.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, zeroblob(?))",
-                                  (result.id, result.execution_count, stream, _utf8_size(text)))
-            # Piece by piece: binding an 8 MiB string would make SQLite copy it whole first.
-            with conn.blobopen("outputs", "data", cursor.lastrowid) as blob:  # type: ignore[attr-defined]
-                for chunk in _utf8_pieces(text):
-                    blob.write(chunk)
+        write_outputs(conn, result.id, result.execution_count, final.stdout, final.stderr)
 
     def _retain(self, conn: sqlite3.Connection) -> None:
         """One retention pass: past history_max_age_days, and all but the newest history_keep."""
-        doomed: list[tuple[str, int]] = []
-        if self.max_age_days:
-            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S",
-                                   time.gmtime(time.time() - self.max_age_days * 86400))
-            doomed += conn.execute(
-                f"SELECT ns, n FROM executions WHERE {FINISHED_ROWS} "
-                "AND COALESCE(started_at, submitted_at) < ? LIMIT ?",
-                (cutoff, PRUNE_BATCH)).fetchall()
-        if self.keep:
-            for (ns,) in conn.execute("SELECT ns FROM executions GROUP BY ns HAVING COUNT(*) > ?",
-                                      (self.keep,)).fetchall():
-                doomed += conn.execute(
-                    f"SELECT ns, n FROM executions WHERE ns = ? AND {FINISHED_ROWS} AND n NOT IN "
-                    "(SELECT n FROM executions WHERE ns = ? ORDER BY n DESC LIMIT ?) LIMIT ?",
-                    (ns, ns, self.keep, PRUNE_BATCH)).fetchall()
-                if len(doomed) >= PRUNE_BATCH:
-                    break
-        self._delete(conn, doomed)
-
-    @staticmethod
-    def _delete(conn: sqlite3.Connection, rows: list[tuple[str, int]]) -> None:
-        """Delete these executions and their output; their numbers stay handed out."""
-        for ns in {ns for ns, _ in rows}:
-            # The next number comes from counters once the rows are gone: never reused.
-            conn.execute(
-                "INSERT INTO counters (ns, reserved) SELECT ?, MAX(n) FROM executions WHERE ns = ? "
-                "AND true ON CONFLICT(ns) DO UPDATE SET reserved = max(reserved, excluded.reserved)",
-                (ns, ns))
-        conn.executemany("DELETE FROM executions WHERE ns = ? AND n = ?", rows)
-        conn.executemany("DELETE FROM outputs WHERE ns = ? AND n = ?", rows)
+        delete_rows(conn, expired_rows(conn, self.keep, self.max_age_days))
 
     def prune(self, ns: str, keep: int = 0, timeout: float = 30.0) -> int:
         """Delete ns's finished executions but the newest keep; how many were deleted."""
@@ -393,7 +290,7 @@ class History:
                 f"SELECT ns, n FROM executions WHERE ns = ? AND {FINISHED_ROWS} AND n NOT IN "
                 "(SELECT n FROM executions WHERE ns = ? ORDER BY n DESC LIMIT ?)",
                 (ns, ns, keep)).fetchall()
-            self._delete(conn, rows)
+            delete_rows(conn, rows)
             deleted.append(len(rows))
 
         self._put(write, done, wake=False)
@@ -453,7 +350,7 @@ class History:
         if not rows:
             return None
         r = rows[0]
-        outputs = {row["stream"]: _text(row["data"]) for row in self._query(
+        outputs = {row["stream"]: text_of(row["data"]) for row in self._query(
             "SELECT stream, data FROM outputs WHERE ns=? AND n=?", (ns, n))}
         return ExecutionResult(
             id=ns, execution_count=n, status=r["status"], stdout=outputs.get("stdout", ""),

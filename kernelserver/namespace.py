@@ -8,13 +8,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import ExitReason, Kernel, NamespaceOptions
 from .errors import ExecutionNotFound, NamespaceUnavailable, QueueFull
 from .execution import Execution, utcnow_iso
 from .history import History
+from .namespaceinfo import NamespaceInfo
 from .results import Cell, ErrorInfo, Finished, NamespaceState, Outcome, StateEvent
 from .subscriptions import Hub, NamespaceEvent, NamespaceSubscription, Relay
 
@@ -23,37 +23,6 @@ log = logging.getLogger("kernelserver")
 # callers wait this much longer, so that reason reaches them rather than a bare "did not start".
 START_GRACE = 2.0
 RESERVE_BLOCK = 64  # execution counts put on disk at once: one synchronous write per 64 cells
-
-
-@dataclass(frozen=True)
-class NamespaceInfo:
-    """A namespace as /env/get and /env/list show it."""
-
-    id: str
-    state: NamespaceState
-    execution_count: int
-    created_at: str
-    last_activity: str
-    details: dict[str, Any] = field(default_factory=dict)  # the backend's: pid, memory_rss
-    variables: list[dict[str, Any]] | None = None  # only when asked for
-    memory_limit: int = 0  # bytes; 0 for none
-    cull_idle_after: float = 0.0  # seconds; 0 never
-    running: int | None = None  # the execution_count of the cell running now
-
-    def limits(self) -> dict[str, Any]:
-        """The namespace's limits as its JSON shows them."""
-        return {"memory_limit": self.memory_limit, "cull_idle_after": self.cull_idle_after}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form pinned in DESIGN.md section 3, and its limits."""
-        data: dict[str, Any] = {"id": self.id, "state": self.state,
-                                "execution_count": self.execution_count,
-                                "created_at": self.created_at, "last_activity": self.last_activity,
-                                "running": self.running, **self.limits()}
-        data.update(self.details)
-        if self.variables is not None:
-            data["variables"] = self.variables
-        return data
 
 
 class Namespace:
@@ -181,10 +150,7 @@ class Namespace:
             if self._closed:
                 raise NamespaceUnavailable(f"namespace {self.id!r} is being deleted")
             if self._queue.qsize() >= self.config["max_queued"]:
-                raise QueueFull(
-                    f"namespace {self.id!r} already has {self.config['max_queued']} executions "
-                    "queued; wait for them or interrupt"
-                )
+                raise QueueFull.for_limit(self.id, self.config["max_queued"])
             cap = self.config["output_cap_bytes"] if cell.output_cap is None else cell.output_cap
             if self.history is not None and self._next_count > self._reserved:
                 self._reserved = self._next_count + RESERVE_BLOCK - 1

@@ -9,7 +9,15 @@ from collections import OrderedDict
 from typing import Any
 
 from .backends.base import Backend, ExitReason, NamespaceOptions
-from .errors import InvalidNamespaceId, NamespaceNotFound, TooManyNamespaces
+from .errors import (
+    WHY_CULLED,
+    WHY_DELETED,
+    WHY_RESTARTED,
+    WHY_UNKNOWN,
+    InvalidNamespaceId,
+    NamespaceNotFound,
+    TooManyNamespaces,
+)
 from .history import History
 from .namespace import Namespace
 
@@ -42,7 +50,8 @@ class Registry:
         self.history = history
         self._namespaces: dict[str, Namespace] = {}
         self._lock = threading.Lock()
-        self._culled: OrderedDict[str, str] = OrderedDict()  # id -> why its 404 says it is gone
+        # id -> (idle seconds, cull_idle_after) of a culled namespace, for its 404
+        self._culled: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # ids deleted since the server started, so their 404 can say so (the newest only)
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
@@ -63,10 +72,7 @@ class Registry:
             created = namespace is None
             if namespace is None:
                 if len(self._namespaces) >= self.config["max_namespaces"]:
-                    raise TooManyNamespaces(
-                        f"namespace limit reached ({self.config['max_namespaces']}); delete one with "
-                        "POST /env/delete or raise max_namespaces"
-                    )
+                    raise TooManyNamespaces.for_limit(self.config["max_namespaces"])
                 namespace = Namespace(
                     namespace_id, lambda: self.backend.start_kernel(namespace_id, chosen),
                     self.config, self.history, on_failed=self._forget, options=chosen)
@@ -83,29 +89,30 @@ class Registry:
                 del self._namespaces[namespace.id]
 
     def get(self, namespace_id: str) -> Namespace:
-        """The namespace (it may still be starting), else NamespaceNotFound saying how to create it."""
+        """The namespace (it may still be starting), else NamespaceNotFound saying why there is none."""
         validate_id(namespace_id)
         with self._lock:
             found = self._namespaces.get(namespace_id)
         if found is None:
-            raise NamespaceNotFound(self._missing(namespace_id), id=namespace_id)
+            raise self._missing(namespace_id)
         return found
 
-    def _missing(self, namespace_id: str) -> str:
-        """Why there is no such namespace, as far as the server knows, and what to do."""
+    def _missing(self, namespace_id: str) -> NamespaceNotFound:
+        """Why there is no such namespace, as far as the server knows (front ends say what to do)."""
         culled = self._culled.get(namespace_id)
         if culled:
-            return culled
+            idle, after = culled
+            return NamespaceNotFound.missing(namespace_id, WHY_CULLED, self.history is not None,
+                                             idle=idle, cull_idle_after=after)
         with self._lock:
             deleted = namespace_id in self._deleted
         if self.history is not None:
             self.history.flush(timeout=2.0)  # the last cells' rows may still be queued
-        if self.history is not None and self.history.has(namespace_id):
-            gone = ("it was deleted" if deleted else
-                    "namespaces do not survive a restart of the server")
-            return (f"no namespace {namespace_id!r} now: {gone}, but its history does "
-                    f"(GET /env/history?id={namespace_id}); create it again with POST /env/create")
-        return f"no namespace {namespace_id!r}; create it with POST /env/create"
+        kept = self.history is not None and self.history.has(namespace_id)
+        if deleted:
+            return NamespaceNotFound.missing(namespace_id, WHY_DELETED, kept)
+        # Rows of an id this server never saw deleted: an earlier server ran it.
+        return NamespaceNotFound.missing(namespace_id, WHY_RESTARTED if kept else WHY_UNKNOWN, kept)
 
     def get_or_create_default(self, namespace_id: str) -> Namespace:
         """The namespace; the default one is created on first use."""
@@ -123,7 +130,7 @@ class Registry:
                 while len(self._deleted) > CULLED_REMEMBERED:
                     self._deleted.popitem(last=False)
         if namespace is None:
-            raise NamespaceNotFound(self._missing(namespace_id), id=namespace_id)
+            raise self._missing(namespace_id)
         namespace.close()
 
     def ids(self) -> list[str]:
@@ -151,10 +158,7 @@ class Registry:
                 if self._namespaces.get(namespace.id) is not namespace:
                     continue
                 del self._namespaces[namespace.id]
-                self._culled[namespace.id] = (
-                    f"namespace {namespace.id!r} was deleted after {idle:.0f} s idle "
-                    f"(cull_idle_after {after:g} s) to free its memory; its history is still at "
-                    f"GET /env/history?id={namespace.id}; create it again with POST /env/create")
+                self._culled[namespace.id] = (idle, after)
                 while len(self._culled) > CULLED_REMEMBERED:
                     self._culled.popitem(last=False)
             log.info("namespace %r culled after %.0f s idle (cull_idle_after %g s)",

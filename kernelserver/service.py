@@ -1,7 +1,8 @@
 """What the server does, for every front end: namespaces, cells, subscriptions, history, the probe.
 
-Front ends (the v1 HTTP API today; the Jupyter WebSocket and the console next) parse a request,
-call one method here and render what it returns. Nothing here imports Flask.
+Front ends (the v1 HTTP API, the Jupyter kernel API, the console and the CLI through the
+client) parse a request, call one method here and render what it returns, errors included:
+exceptions carry ids and reasons, each front end words its own hint. Nothing here imports Flask.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 from . import datadir, tokenfile
 from .backends import load_backend
 from .backends.base import NamespaceOptions, Resources
-from .errors import ExecutionNotFound, NamespaceNotFound, NamespaceUnavailable
+from .errors import WHY_UNKNOWN, ExecutionNotFound, NamespaceNotFound, NamespaceUnavailable
 from .execution import Execution
 from .history import History, HistoryError
-from .namespace import Namespace, NamespaceInfo
+from .namespace import Namespace
+from .namespaceinfo import NamespaceInfo
 from .registry import Registry, validate_id
 from .results import Cell, Event, ResultEvent
 from .runner.probe import PROBE_CODE, parse_probe_output
@@ -198,7 +200,7 @@ class Service:
             return Execution.recorded(recorded)
         if live is None and not self.history.has(namespace_id):
             raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
-                                    id=namespace_id)
+                                    id=namespace_id, why=WHY_UNKNOWN, history=False)
         raise ExecutionNotFound(f"no execution {n} in namespace {namespace_id!r}")
 
     def history_of(self, namespace_id: str, limit: int) -> list[dict[str, Any]]:
@@ -208,7 +210,7 @@ class Service:
         rows = self.history.list(namespace_id, limit)
         if not rows and namespace_id not in self.registry.ids():
             raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
-                                    id=namespace_id)
+                                    id=namespace_id, why=WHY_UNKNOWN, history=False)
         unfinished = [row for row in rows if row["status"] in ("queued", "running")]
         if unfinished:
             # A row is written when a cell is submitted and when it ends; in between, the live
@@ -230,7 +232,7 @@ class Service:
         validate_id(namespace_id)
         if not self.history.has(namespace_id) and namespace_id not in self.registry.ids():
             raise NamespaceNotFound(f"no namespace or history for {namespace_id!r}",
-                                    id=namespace_id)
+                                    id=namespace_id, why=WHY_UNKNOWN, history=False)
         return self.history.prune(namespace_id, keep)
 
     # -- the server --

@@ -226,9 +226,9 @@ class Subscription:
                 if isinstance(event, _Cut):
                     # This client stalled; the cell goes on, and its result stays fetchable.
                     yield StreamErrorEvent(
-                        "stream_lagging", "the client read too slowly and the stream was cut; fetch "
-                        f"the result with GET /env/execution?id={execution.id}"
-                        f"&n={execution.execution_count}")
+                        "stream_lagging", "the client read too slowly and the stream was cut; "
+                        f"execution {execution.execution_count} of namespace {execution.id!r} "
+                        "goes on, and its result is kept")
                     return
                 yield event
                 if isinstance(event, ResultEvent):

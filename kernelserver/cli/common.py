@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +10,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import ExecutionNotFound, KernelServerError, NamespaceNotFound, Unauthorized
+from ..errors import (
+    ExecutionNotFound,
+    KernelServerError,
+    NamespaceNotFound,
+    TooManyNamespaces,
+    Unauthorized,
+)
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -55,15 +60,31 @@ def _error_line(exc: KernelServerError, url: str, sent_token: bool,
             return f"wrong token for {url}: {TOKEN_ADVICE}", 2
         return f"{url} wants a token and none was sent: {TOKEN_ADVICE}", 2
     if isinstance(exc, NamespaceNotFound):
-        # The server's hints name HTTP routes; a CLI user gets the commands.
-        message = re.sub(r"; create it (again )?with POST /env/create$", "", str(exc))
-        message = re.sub(r"GET /env/history\?id=([\w.-]+)", r"`kernelserver history \1`", message)
-        if "`kernelserver" not in message:
-            message += " (`kernelserver ls` lists the namespaces)"
-        return message, 1
+        # The v1 renderer adds routes to the message; the CLI words its own hint from the
+        # error's fields instead (the client rebuilt them from the body's details).
+        message = _core_message(exc)
+        if exc.history and exc.namespace_id:
+            return f"{message} (`kernelserver history {exc.namespace_id}`)", 1
+        return f"{message} (`kernelserver ls` lists the namespaces)", 1
+    if isinstance(exc, TooManyNamespaces):
+        return f"{_core_message(exc)}; delete one with `kernelserver rm ID`", 2
     if isinstance(exc, ExecutionNotFound):
         return f"{exc} (`kernelserver history {namespace_id or 'ID'}` lists its cells)", 1
     return str(exc), 2
+
+
+def _core_message(exc: KernelServerError) -> str:
+    """The core's own words for exc, rebuilt from its fields, without the server's v1 hint."""
+    # The body's message is worded for v1 callers (routes); its details carry the fields the
+    # core's message is made from, so the CLI words the hint itself instead of editing text.
+    details = exc.details
+    if isinstance(exc, NamespaceNotFound) and exc.namespace_id is not None and "why" in details:
+        return NamespaceNotFound.missing(
+            exc.namespace_id, exc.why, exc.history, idle=details.get("idle"),
+            cull_idle_after=details.get("cull_idle_after")).message
+    if isinstance(exc, TooManyNamespaces) and isinstance(details.get("limit"), int):
+        return TooManyNamespaces.for_limit(details["limit"]).message
+    return exc.message  # a server too old to send the fields
 
 
 @contextmanager

@@ -17,11 +17,14 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..config import is_loopback, load_config
 from ..errors import (
+    WHY_UNKNOWN,
     BadRequest,
     KernelServerError,
     MethodNotAllowed,
+    NamespaceNotFound,
     NotFound,
     PayloadTooLarge,
+    TooManyNamespaces,
     Unauthorized,
     UnsupportedMediaType,
     error_body,
@@ -39,9 +42,28 @@ _HTTP_ERRORS: dict[int, type[KernelServerError]] = {
 }
 
 
+def v1_hint(exc: KernelServerError) -> str:
+    """What to do next, in v1 routes: appended to the core's message, which names none."""
+    if isinstance(exc, NamespaceNotFound):
+        # The core's message ends saying its history is kept, when it is.
+        seen = f" (GET /env/history?id={exc.namespace_id})" if exc.history else ""
+        again = "" if exc.why == WHY_UNKNOWN else "again "
+        return f"{seen}; create it {again}with POST /env/create"
+    if isinstance(exc, TooManyNamespaces):
+        return "; delete one with POST /env/delete or raise max_namespaces"
+    return ""
+
+
+def v1_error_body(exc: KernelServerError) -> dict[str, Any]:
+    """The v1 error body of exc: {"error": {"code", "message", ...details}}, with the v1 hint."""
+    return error_body(exc.code, exc.message + v1_hint(exc), **exc.details)
+
+
 def render_error(exc: KernelServerError) -> Response:
     """The answer for any API error: its status and the one JSON error body."""
-    response = json_response(exc.to_dict(), exc.status)
+    response = json_response(v1_error_body(exc), exc.status)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="kernelserver"'
     if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower():
@@ -61,9 +83,8 @@ def _http_error(exc: HTTPException) -> Response:
     else:
         message = exc.description or exc.name
         if status == 413:
-            message = (f"request body too large: the limit is "
-                       f"{current_service().config['max_body_bytes']} bytes (max_body_bytes)")
-        elif status == 404:
+            return render_error(PayloadTooLarge.for_limit(current_service().config["max_body_bytes"]))
+        if status == 404:
             message = f"no route {request.path!r}; see GET /openapi.json for the routes"
         elif status == 405:
             message = f"{request.method} is not allowed on {request.path}"
@@ -88,14 +109,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     os.environ.pop("KERNELSERVER_TOKEN", None)
     if settings["no_auth"] and not is_loopback(settings["host"]):
         raise ValueError("--no-auth is refused unless the server is bound to a loopback address")
-    if settings["token"] is None and not settings["no_auth"]:
+    generated = settings["token"] is None and not settings["no_auth"]
+    if generated:
         settings["token"] = secrets.token_urlsafe(32)
-        print(f"kernelserver: no token given; generated one: {settings['token']}", file=sys.stderr)
     app = Flask("kernelserver")
     app.config["MAX_CONTENT_LENGTH"] = settings["max_body_bytes"]
     app.config["MAX_FORM_MEMORY_SIZE"] = settings["max_body_bytes"]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # The Service takes the data dir's lock: a refused one (a second gunicorn worker) raises
+    # here, before the token is shown, so only the server that serves prints one.
     service = Service(settings, __version__)
+    if generated:
+        print(f"kernelserver: no token given; generated one: {settings['token']}", file=sys.stderr)
     app.extensions["kernelserver"] = service
     # First: a request the guard refuses is timed and logged too.
     requestlog.install(app, settings["request_log"], settings["token"])

@@ -76,9 +76,7 @@ def read_body() -> bytes:
         # limit without a word: the code cut there would run. Whatever follows means too large.
         stream = request.environ.get("wsgi.input")
         if stream is not None and stream.read(1):
-            raise PayloadTooLarge(
-                f"request body too large: the limit is {current_app.config['MAX_CONTENT_LENGTH']} "
-                "bytes (max_body_bytes)")
+            raise PayloadTooLarge.for_limit(current_app.config["MAX_CONTENT_LENGTH"])
     return raw
 
 

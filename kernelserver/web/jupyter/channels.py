@@ -1,7 +1,7 @@
 """One client's WebSocket on a kernel: requests in on shell/control/stdin, replies and iopub out.
 
 The request's own thread reads and answers (nothing it does waits on a cell: an execute_request
-only queues the cell), a writer thread sends what the kernel's pump and the reader queue for it.
+only queues the cell), a writer thread sends what the kernel's relay and the reader queue for it.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class Connection:
         try:
             self.kernel = self.kernels.attach(self)
         except KernelServerError as exc:  # deleted between the handshake and now
-            self.ws.close(1000, exc.message[:120])
+            self.ws.close(1000, replies.error_message(exc)[:120])
             return
         self._writer.start()
         keep_missed = True
@@ -347,7 +347,7 @@ class Connection:
         if restart:
             self.service.restart(self.kernel_id)
         else:
-            self.service.delete(self.kernel_id)  # the pump says dead and closes every socket
+            self.service.delete(self.kernel_id)  # the relay says dead and closes every socket
 
     def _input_reply(self, message: Message) -> None:
         kernel = self.kernel

@@ -7,7 +7,7 @@ import platform
 from typing import Any
 
 from ... import __version__
-from ...errors import KernelServerError
+from ...errors import KernelServerError, NamespaceNotFound, TooManyNamespaces
 from ...results import ErrorInfo, ExecutionResult
 from ...service import Service
 from .wire import PROTOCOL_VERSION
@@ -53,10 +53,31 @@ def error_content(error: ErrorInfo) -> dict[str, Any]:
     return {"ename": error.ename, "evalue": error.evalue, "traceback": traceback_lines(error)}
 
 
+def error_hint(exc: KernelServerError) -> str:
+    """What to do next, in the Jupyter API's words: appended to the core's message."""
+    if isinstance(exc, NamespaceNotFound):
+        # A kernel id is a fresh UUID per start: a gone kernel is never started again.
+        return "; start a new kernel with POST /api/kernels"
+    if isinstance(exc, TooManyNamespaces):
+        return "; shut one down with DELETE /api/kernels/{kernel_id} or raise max_namespaces"
+    return ""
+
+
+def error_message(exc: KernelServerError) -> str:
+    """The message a Jupyter client reads for a refused request: the core's, then its hint."""
+    return exc.message + error_hint(exc)
+
+
+def error_headers(exc: KernelServerError) -> dict[str, str]:
+    """Headers a Jupyter REST error answer adds: Retry-After on a 429 or 503 worth retrying."""
+    return {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+
+
 def failure(exc: KernelServerError) -> dict[str, Any]:
     """A reply's content for a request the server refused (a full queue, a deleted namespace)."""
-    return {"status": "error", "ename": type(exc).__name__, "evalue": exc.message,
-            "traceback": [f"{type(exc).__name__}: {exc.message}"]}
+    message = error_message(exc)
+    return {"status": "error", "ename": type(exc).__name__, "evalue": message,
+            "traceback": [f"{type(exc).__name__}: {message}"]}
 
 
 def execute_reply(result: ExecutionResult, user_expressions: dict[str, Any] | None,

@@ -12,8 +12,9 @@ from werkzeug.exceptions import HTTPException
 
 from ... import __version__
 from ...backends.base import NamespaceOptions, Resources
-from ...errors import BadRequest, KernelServerError, NotFound
+from ...errors import BadRequest, KernelServerError, NotFound, PayloadTooLarge
 from ...namespace import NamespaceInfo
+from .. import auth
 from ..params import current_service, field_resources, json_object, read_body, shown
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
@@ -171,18 +172,27 @@ def channels(kernel_id: str) -> Response:
     return HandedOver()
 
 
+@bp.get("/api/kernels/<kernel_id>/channels")
+@auth.public  # says only what the route is: no kernel is looked up, so nothing is revealed
+def channels_without_upgrade(kernel_id: str) -> Response:
+    """A plain GET on the WebSocket route: its Upgrade headers were lost on the way (a proxy)."""
+    raise BadRequest("this is a WebSocket endpoint; the request came without Upgrade/Connection "
+                     "headers (a proxy in front may drop them; see docs/deployment.md)")
+
+
 @bp.errorhandler(KernelServerError)
 @bp.errorhandler(HTTPException)
 def render_error(exc: Exception) -> Response:
     """Jupyter's error shape: {"message", "reason"} (and our code, as the v1 API names it)."""
+    headers: dict[str, str] = {}
     if isinstance(exc, KernelServerError):
-        status, code, message = exc.status, exc.code, exc.message
+        status, code, message = exc.status, exc.code, replies.error_message(exc)
+        headers = replies.error_headers(exc)
     elif isinstance(exc, HTTPException):
         status, code = exc.code or 500, (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name or "error"
         if status == 413:
-            message = (f"request body too large: the limit is "
-                       f"{current_service().config['max_body_bytes']} bytes (max_body_bytes)")
+            message = PayloadTooLarge.for_limit(current_service().config["max_body_bytes"]).message
     else:
         raise exc
     try:
@@ -190,6 +200,7 @@ def render_error(exc: Exception) -> Response:
     except ValueError:
         reason = code
     response = json_response({"message": message, "reason": reason, "code": code}, status)
+    response.headers.update(headers)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'token realm="kernelserver"'
     return response
