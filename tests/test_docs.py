@@ -90,3 +90,47 @@ def test_every_test_the_threat_model_names_exists() -> None:
     missing = [f"{path}::{name}" for path, name in named
                if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
     assert not missing, missing
+
+
+# What README says once for every client command, in the paragraph after the synopsis.
+CLIENT_OPTIONS = {"--url", "--token", "--data-dir"}
+
+
+def test_readme_cli_synopsis_names_every_option_of_every_command() -> None:
+    import click
+
+    from kernelserver.cli import cli
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```sh\nkernelserver serve ")
+    synopsis = readme[start:readme.index("```", start + 3)]
+    lines: dict[str, str] = {}
+    current = ""
+    for line in synopsis.splitlines()[1:]:
+        if line.startswith("kernelserver "):
+            current = line.split()[1]
+        lines[current] = lines.get(current, "") + " " + line.split("#")[0]
+    # `interrupt ID | restart ID | rm ID` share a line, and its [--json].
+    shared = next(text for name, text in lines.items() if name == "interrupt")
+    for name in ("restart", "rm"):
+        lines.setdefault(name, shared)
+    for name, command in cli.commands.items():
+        assert name in lines, f"README's CLI synopsis has no line for `kernelserver {name}`"
+        common = set() if name in ("serve", "stop", "token") else CLIENT_OPTIONS
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            long = next(o for o in param.opts if o.startswith("--"))
+            if long in common:
+                continue
+            assert re.search(re.escape(long) + r"\b", lines[name]), \
+                f"README's CLI synopsis lacks `kernelserver {name} {long}`"
+
+
+def test_serve_help_points_at_the_environment_and_the_settings_reference() -> None:
+    from click.testing import CliRunner
+
+    from kernelserver.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
+    assert "KERNELSERVER_" in text and "docs/settings.md" in text

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 
 from kernelserver import Client
 from kernelserver.errors import CellError, ConnectionFailed, LimitExceeded, NamespaceNotFound, Unauthorized
@@ -164,17 +169,88 @@ def test_worker_inherits_no_server_socket(live_server: LiveServer) -> None:
     assert result.result == {"text/plain": "[]"}
 
 
-def test_wsgi_with_two_workers_is_refused(tmp_path: Path) -> None:
-    env = {**os.environ, "KERNELSERVER_TOKEN": TOKEN, "KERNELSERVER_DATA_DIR": str(tmp_path / "d"),
-           "KERNELSERVER_BACKEND": "inprocess"}
+def _documented_gunicorn() -> list[str]:
+    """The gunicorn command wsgi.py's docstring documents, as argv."""
+    doc = ast.get_docstring(ast.parse((Path(__file__).resolve().parent.parent / "wsgi.py").read_text()))
+    line = next(ln.strip() for ln in (doc or "").splitlines() if ln.strip().startswith("gunicorn "))
+    return [sys.executable, "-m", *shlex.split(line)]
+
+
+def test_documented_wsgi_command_honours_the_port_and_uses_our_worker(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "KERNELSERVER_TOKEN": TOKEN, "KERNELSERVER_PORT": str(port),
+           "KERNELSERVER_DATA_DIR": str(tmp_path / "d"), "KERNELSERVER_BACKEND": "inprocess"}
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "-b",
-         f"127.0.0.1:{free_port()}", "wsgi:app"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=60,
-    )
+    proc = subprocess.Popen(_documented_gunicorn(), cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(url + "/health", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        assert wait_until(up, 30)
+        # Our worker answers a request gunicorn cannot parse in the JSON error shape.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400") and b'"code":"bad_request"' in answer.replace(b" ", b"")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_wsgi_with_two_workers_is_refused_and_prints_one_token_at_most(tmp_path: Path) -> None:
+    env = {**os.environ, "KERNELSERVER_PORT": str(free_port()),
+           "KERNELSERVER_DATA_DIR": str(tmp_path / "d"), "KERNELSERVER_BACKEND": "inprocess"}
+    env.pop("KERNELSERVER_TOKEN", None)
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([*_documented_gunicorn(), "-w", "2"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "exactly one worker" in done.stderr
+    # Only the worker that took the data dir's lock generated (and printed) a token.
+    assert done.stderr.count("generated one:") <= 1
+
+
+def test_a_refused_create_app_prints_no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from kernelserver import create_app
+    from kernelserver.datadir import ServerLockError
+
+    monkeypatch.delenv("KERNELSERVER_TOKEN", raising=False)
+    config = {"data_dir": str(tmp_path / "d"), "backend": "inprocess"}
+    first = create_app(config)
+    try:
+        assert capsys.readouterr().err.count("generated one:") == 1
+        with pytest.raises(ServerLockError, match="in use by"):
+            create_app(config)
+        assert "generated one" not in capsys.readouterr().err
+    finally:
+        first.extensions["kernelserver"].close()
+
+
+def test_serve_with_a_given_token_prints_a_working_way_to_it_not_the_token(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        wait_until(lambda: "jupyter:" in server.output(), 5)
+        log = server.output()
+        assert TOKEN not in log and "$KERNELSERVER_TOKEN" not in log
+        console = next(ln for ln in log.splitlines() if ln.startswith("console:"))
+        assert f"open {server.url}/ and paste your token" in console
+        # The command it names prints the token (what the jupyter line runs too).
+        ask = console.split("`")[1]
+        jupyter = next(ln for ln in log.splitlines() if ln.startswith("jupyter:"))
+        assert f'--GatewayClient.auth_token="$({ask})"' in jupyter
+        argv = shlex.split(ask)
+        printed = subprocess.run([sys.executable, "-m", "kernelserver.cli", *argv[1:]],
+                                 capture_output=True, text=True, timeout=30)
+        assert printed.stdout.strip() == TOKEN
+    finally:
+        server.stop()
 
 
 def test_serve_refuses_no_auth_off_loopback(tmp_path: Path) -> None:
@@ -193,8 +269,31 @@ def test_serve_generates_and_prints_a_token(tmp_path: Path) -> None:
         log = server.output()
         token = log.split("token (generated, shown once): ")[1].split()[0]
         assert "--data-urlencode 'code=1+1'" in log
+        assert f"console: {server.url}/#token={token}" in log and "$KERNELSERVER_TOKEN" not in log
         ok = requests.get(server.url + "/env/list", headers={"Authorization": f"Bearer {token}"},
                           timeout=10)
         assert ok.status_code == 200
     finally:
         server.stop()
+
+
+def test_env_execution_answers_200_while_running_as_the_contract_pins(
+        make_app: Callable[..., Flask]) -> None:
+    from conftest import AUTH
+
+    client = make_app(backend="inprocess").test_client()
+    submitted = client.post("/execute", headers=AUTH,
+                            json={"code": "import time\ntime.sleep(1.5)", "wait": 0})
+    assert submitted.status_code == 202  # the submit's own "wait ran out"
+    n = submitted.get_json()["execution_count"]
+    running = client.get(f"/env/execution?id=default&n={n}", headers=AUTH)
+    assert running.status_code == 200
+    assert running.get_json()["status"] in ("queued", "running")
+    assert running.get_json()["code"] == "import time\ntime.sleep(1.5)"
+    # The OpenAPI document and the README say the same.
+    spec = json.loads((Path(__file__).resolve().parent.parent / "kernelserver" / "web"
+                       / "openapi.json").read_text())
+    assert set(spec["paths"]["/env/execution"]["get"]["responses"]) & {"200", "202"} == {"200"}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(ln for ln in readme.splitlines() if ln.startswith("| `GET /env/execution`"))
+    assert "200 that execution, running or finished" in row and "202" not in row

@@ -1,6 +1,6 @@
 """The command line: the `cli` group and main(), with the commands of the modules beside it.
 
-server.py: serve (under gunicorn, see kernelserver/serving.py), stop, token; cells.py: exec,
+server.py: serve (under gunicorn, see kernelserver/web/serving.py), stop, token; cells.py: exec,
 show, attach; check.py: check; namespaces.py: ls, history, interrupt, restart, rm; common.py:
 what they share.
 

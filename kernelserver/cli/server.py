@@ -69,7 +69,10 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
           allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], threads: int | None, certfile: str | None,
           keyfile: str | None) -> None:
-    """Run the server under gunicorn and print its URL and token."""
+    """Run the server under gunicorn and print its URL and token.
+
+    Every other setting (limits, timeouts, the request log, ...) is a KERNELSERVER_* environment
+    variable: see docs/settings.md, or the settings table in the README."""
     overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
                  "backend": backend, "data_dir": data_dir, "threads": threads,
                  "ray_address": ray_address,
@@ -108,15 +111,22 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
     else:
         click.echo("WARNING: --no-auth: any local user or process can run code as you", err=True)
     # The fragment never reaches the server (nor its log); the page moves it to sessionStorage.
+    # A token that was given is never printed: under a service manager this stderr is a log
+    # (docs/security.md). `kernelserver token` prints it for this user on this machine.
     if config["token"] and generated:
         click.echo(f"console: {url}/#token={config['token']}", err=True)
-    else:
-        click.echo(f"console: {url}/" + ("#token=$KERNELSERVER_TOKEN" if config["token"] else ""),
-                   err=True)
-    if config["token"]:
-        shown_token = config["token"] if generated else "$KERNELSERVER_TOKEN"
         click.echo(f"jupyter: jupyter lab --gateway-url={url} --GatewayClient.auth_token="
-                   f"{shown_token}", err=True)
+                   f"{config['token']}", err=True)
+    elif config["token"]:
+        ask = "kernelserver token"
+        if Path(config["data_dir"]) != Path(default_data_dir()):
+            ask += f" --data-dir {shlex.quote(str(config['data_dir']))}"
+        click.echo(f"console: open {url}/ and paste your token (`{ask}` prints it)", err=True)
+        click.echo(f"jupyter: jupyter lab --gateway-url={url} "
+                   f"--GatewayClient.auth_token=\"$({ask})\"", err=True)
+    else:
+        click.echo(f"console: {url}/", err=True)
+        click.echo(f"jupyter: jupyter lab --gateway-url={url}", err=True)
     if not is_loopback(config["host"]):
         click.echo("WARNING: not bound to loopback: anyone who can reach this port and holds "
                    "the token can run code as this user", err=True)

@@ -127,7 +127,11 @@ def env_execution() -> Response:
     if stream:
         return stream_response(service.stream(execution), as_text=stream == "text")
     service.wait(execution, wait or 0.0)
-    return execution_response(execution, with_code=True)
+    # 200 running or finished, as DESIGN.md pins it: the execution exists and is what was asked
+    # for; its status says whether it has finished (202 is the submit's "wait ran out").
+    answer = execution.to_dict()
+    answer["code"] = execution.code  # the whole code, which /env/history only previews
+    return json_response(answer)
 
 
 @bp.get("/env/history")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from ..config import host_without_port, is_loopback
 from ..errors import HostNotAllowed, OriginNotAllowed, Unauthorized
@@ -42,7 +43,9 @@ class HostCheck:
 class TokenPolicy:
     """How one front end's requests carry the token, and which of its paths need none."""
 
-    schemes: tuple[str, ...] = ("bearer",)  # Authorization: <scheme> <token>, lower case
+    # Authorization: <scheme> <token>, lower case. Both everywhere: Jupyter clients send
+    # `token`, HTTP clients `Bearer`, and one credential should not depend on the route.
+    schemes: tuple[str, ...] = ("bearer", "token")
     query_param: str | None = None  # also ?<param>=<token> on upgrades (browsers' WebSockets)
     public_paths: frozenset[str] = field(default_factory=frozenset)
 
@@ -64,6 +67,12 @@ class TokenPolicy:
             shown = " or ".join(f"'Authorization: {s.capitalize()} <token>'" for s in self.schemes)
             if self.query_param:
                 shown += f" or ?{self.query_param}=<token>"
+            scheme = headers.get("Authorization", "").strip().partition(" ")[0]
+            if scheme and scheme.lower() not in self.schemes:
+                # Neither the scheme nor the value is echoed: a header without a scheme is
+                # the bare token, and this message may be shown or logged.
+                raise Unauthorized("missing token: the Authorization header's scheme is not "
+                                   f"accepted (schemes: {', '.join(self.schemes)}): send {shown}")
             raise Unauthorized(f"missing token: send {shown}")
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized("wrong token")
@@ -98,6 +107,12 @@ class OriginCheck:
             f"({host_header}); allow it with --allow-origin if it is yours")
 
 
+def public(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view as needing no token: it must answer without reading or revealing any state."""
+    view.kernelserver_public = True  # type: ignore[attr-defined]
+    return view
+
+
 class Guard:
     """The app's before-request check: Host, the Origin of a WebSocket upgrade, then the token
     policy of the request's blueprint."""
@@ -119,6 +134,9 @@ class Guard:
         upgrade = is_upgrade(request.environ)
         if upgrade:
             self.origins.check(request.headers.get("Origin"), request.host)
+        view = current_app.view_functions.get(request.endpoint or "")
+        if getattr(view, "kernelserver_public", False):
+            return
         policy = self.policies.get(request.blueprint or "", self.default)
         # A token in the URL only where a header cannot go: on a browser's WebSocket upgrade.
         policy.check(request.path, request.headers, request.args if upgrade else {}, self.token)
