@@ -1,28 +1,20 @@
-"""Fixtures: a fresh app per test (both backends), and a real `kernelserver serve` subprocess."""
+"""Fixtures: a fresh app per test (both backends), and a real `kernelserver serve` subprocess.
+
+Plain helpers (TOKEN, ApiClient, start_server, wait_until...) are in helpers.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
-from flask.testing import FlaskClient
 
 from kernelserver import create_app
 
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from helpers import TOKEN, ApiClient, LiveServer, start_server
 
 
 @pytest.fixture
@@ -60,30 +52,6 @@ def process_app(make_app: Callable[..., Flask]) -> Flask:
     return make_app(backend="process")
 
 
-class ApiClient:
-    """The Flask test client with the token, plus small helpers."""
-
-    def __init__(self, client: FlaskClient) -> None:
-        self.raw = client
-
-    def post(self, path: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("headers", AUTH)
-        return self.raw.post(path, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("headers", AUTH)
-        return self.raw.get(path, **kwargs)
-
-    def run(self, code: str, id: str = "default", **extra: Any) -> dict[str, Any]:
-        response = self.post("/execute", json={"id": id, "code": code, **extra})
-        assert response.status_code in (200, 202), response.get_data(as_text=True)
-        data: dict[str, Any] = response.get_json()
-        return data
-
-    def create(self, id: str) -> Any:
-        return self.post("/env/create", json={"id": id})
-
-
 @pytest.fixture
 def api(app: Flask) -> ApiClient:
     """A token-carrying test client for the app on the backend under test."""
@@ -94,78 +62,6 @@ def api(app: Flask) -> ApiClient:
 def papi(process_app: Flask) -> ApiClient:
     """A token-carrying test client on the process backend."""
     return ApiClient(process_app.test_client())
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    """A running `kernelserver serve` subprocess."""
-
-    url: str
-    token: str
-    proc: subprocess.Popen[str]
-    data_dir: Path
-    log: Path
-    log_handle: Any = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        if self.log_handle is not None:
-            self.log_handle.close()
-            self.log_handle = None
-
-
-def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "http",
-                 env: dict[str, str] | None = None, data_dir: Path | None = None,
-                 verify: Any = True) -> LiveServer:
-    """Start `kernelserver serve` on a free port and wait until /health answers."""
-    port = free_port()
-    data_dir = data_dir or tmp_path / "server-data"
-    log = tmp_path / f"server-{port}.log"
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("KERNELSERVER_TOKEN", None)
-    full_env.update(env or {})
-    cmd = [sys.executable, "-m", "kernelserver.cli", "serve", "--port", str(port),
-           "--data-dir", str(data_dir), *args]
-    if token and "--no-auth" not in args and "KERNELSERVER_TOKEN" not in (env or {}):
-        cmd += ["--token", token]
-    handle = open(log, "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, text=True,
-                            env=full_env)
-    url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            handle.close()
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
-        try:
-            if requests.get(url + "/health", timeout=1, verify=verify).ok:
-                return LiveServer(url, token, proc, data_dir, log, handle)
-        except requests.RequestException:
-            time.sleep(0.1)
-    proc.kill()
-    proc.wait(10)
-    handle.close()
-    raise RuntimeError(f"server did not come up:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -184,51 +80,3 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(tmp_path)
     yield server
     server.stop()
-
-
-def process_tree(root: int) -> set[int]:
-    """root and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def server_pid(data_dir: Path) -> int:
-    """The pid of the server process that holds data_dir (0 while none has said so yet)."""
-    try:
-        return int(json.loads((data_dir / "server.lock").read_text()).get("pid") or 0)
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll predicate until true or timeout; its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

@@ -6,7 +6,7 @@ import threading
 
 from flask import Flask
 
-from conftest import AUTH, ApiClient
+from helpers import AUTH, ApiClient
 
 
 def test_execute_defaults_to_the_default_namespace(api: ApiClient) -> None:
@@ -147,7 +147,7 @@ def test_one_namespace_runs_in_arrival_order(api: ApiClient) -> None:
 
 
 def _wait_for_count(api: ApiClient, namespace: str, count: int) -> bool:
-    from conftest import wait_until
+    from helpers import wait_until
 
     def reached() -> bool:
         envs = api.get("/env/list").get_json()["envs"]

@@ -11,7 +11,7 @@ from flask import Blueprint, Flask
 from kernelserver.errors import Unauthorized
 from kernelserver.web.auth import V1_POLICY, TokenPolicy
 
-from conftest import AUTH, TOKEN
+from helpers import AUTH, TOKEN
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
 JUPYTER_LIKE = TokenPolicy(schemes=("token", "bearer"), query_param="token")

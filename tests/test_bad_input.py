@@ -17,7 +17,7 @@ from flask import Flask
 
 from kernelserver import create_app
 
-from conftest import AUTH, TOKEN
+from helpers import AUTH, TOKEN
 from spec import SPEC, check, resolve
 
 MAX_BODY = 4096

@@ -17,7 +17,7 @@ from kernelserver import __version__
 from kernelserver.cli import cli
 from kernelserver.runner import probe
 
-from conftest import ApiClient, LiveServer, free_port
+from helpers import ApiClient, LiveServer, free_port
 
 PROBE_KEYS = {"python", "platform", "cpu_count", "memory_total", "packages", "gpus", "gpu_count"}
 

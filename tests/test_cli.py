@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from kernelserver.cli import cli
 
-from conftest import LiveServer, free_port
+from helpers import LiveServer, free_port
 
 pytestmark = pytest.mark.slow
 

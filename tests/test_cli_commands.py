@@ -19,7 +19,7 @@ import pytest
 from kernelserver import Client
 from kernelserver.datadir import holder
 
-from conftest import LiveServer, free_port, server_pid, start_server, wait_until
+from helpers import LiveServer, free_port, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from kernelserver.cli import cli
 from kernelserver.errors import ConnectionFailed, Unauthorized
 from kernelserver.results import ErrorInfo
 
-from conftest import LiveServer, free_port, server_pid, start_server
+from helpers import LiveServer, free_port, server_pid, start_server
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LiveServer, start_server, wait_until
+from helpers import LiveServer, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

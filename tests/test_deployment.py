@@ -34,7 +34,7 @@ import requests
 import trustme
 import websocket
 
-from conftest import TOKEN, LiveServer, free_port, start_server, wait_until
+from helpers import TOKEN, LiveServer, free_port, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow  # a real server behind a real nginx

@@ -17,7 +17,7 @@ from kernelserver.history import History
 from kernelserver.results import Cell, Finished, Outcome, ResultEvent
 from kernelserver.subscriptions import Hub, NamespaceEvent, Relay
 
-from conftest import LiveServer, pid_alive, server_pid, start_server, wait_until
+from helpers import LiveServer, pid_alive, server_pid, start_server, wait_until
 
 ROUNDS = 20  # the old code lost the row in every round: it committed 50 ms after the answer
 

@@ -21,7 +21,7 @@ from flask import Flask
 from kernelserver import Client
 from kernelserver.errors import CellError, ConnectionFailed, LimitExceeded, NamespaceNotFound, Unauthorized
 
-from conftest import TOKEN, LiveServer, free_port, pid_alive, process_tree, start_server, wait_until
+from helpers import TOKEN, LiveServer, free_port, pid_alive, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -279,7 +279,7 @@ def test_serve_generates_and_prints_a_token(tmp_path: Path) -> None:
 
 def test_env_execution_answers_200_while_running_as_the_contract_pins(
         make_app: Callable[..., Flask]) -> None:
-    from conftest import AUTH
+    from helpers import AUTH
 
     client = make_app(backend="inprocess").test_client()
     submitted = client.post("/execute", headers=AUTH,

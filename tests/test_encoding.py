@@ -13,7 +13,7 @@ from kernelserver.execution import Execution
 from kernelserver.history import History
 from kernelserver.results import Outcome
 
-from conftest import ApiClient
+from helpers import ApiClient
 
 # Quotes, escapes, control characters, non-ASCII on both sides of a piece boundary, and a lone
 # surrogate (a cell can print one; it must come out as its JSON escape, not an error).

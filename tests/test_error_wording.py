@@ -28,7 +28,7 @@ from kernelserver.errors import (
 from kernelserver.web.app import v1_error_body
 from kernelserver.web.jupyter import replies
 
-from conftest import AUTH, start_server
+from helpers import AUTH, start_server
 
 PACKAGE = Path(__file__).resolve().parent.parent / "kernelserver"
 

@@ -16,7 +16,7 @@ from kernelserver.errors import (
     error_class,
 )
 
-from conftest import AUTH, TOKEN
+from helpers import AUTH, TOKEN
 
 
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:

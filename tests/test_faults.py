@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LiveServer, pid_alive, server_pid, start_server, wait_until
+from helpers import LiveServer, pid_alive, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

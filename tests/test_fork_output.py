@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from conftest import ApiClient
+from helpers import ApiClient
 
 try:
     from kernelserver.backends import _ringtext  # type: ignore[attr-defined]
@@ -34,7 +34,7 @@ def fapi(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """A process-backend app whose workers print through the writer under test."""
     from kernelserver import create_app
 
-    from conftest import TOKEN
+    from helpers import TOKEN
 
     saved = os.environ.pop("KERNELSERVER_PURE_PYTHON_OUTPUT", None)
     if request.param == "python":

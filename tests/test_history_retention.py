@@ -10,7 +10,7 @@ from flask import Flask
 
 from kernelserver import history
 
-from conftest import AUTH, ApiClient, wait_until
+from helpers import AUTH, ApiClient, wait_until
 
 
 def client(app: Flask) -> ApiClient:

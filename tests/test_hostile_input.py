@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from kernelserver import create_app, encoding
 
-from conftest import AUTH, TOKEN, LiveServer, wait_until
+from helpers import AUTH, TOKEN, LiveServer, wait_until
 
 DEPTH = 100_000
 DEEP = {"list": "[" * DEPTH + "]" * DEPTH, "object": '{"a":' * DEPTH + "1" + "}" * DEPTH}

@@ -19,7 +19,7 @@ from kernelserver.backends.process import ProcessKernel
 from kernelserver.execution import Execution
 from kernelserver.results import Cell
 
-from conftest import ApiClient, LiveServer, wait_until
+from helpers import ApiClient, LiveServer, wait_until
 from jupyter_ws import KernelClient
 
 ROUNDS = 100

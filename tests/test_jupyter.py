@@ -16,7 +16,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import LiveServer, start_server, wait_until
+from helpers import LiveServer, start_server, wait_until
 from jupyter_ws import KernelClient, of_type, ws_url
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import LiveServer, free_port, wait_until
+from helpers import LiveServer, free_port, wait_until
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow

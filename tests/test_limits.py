@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from conftest import ApiClient
+from helpers import ApiClient
 
 LIMITS = {"max_body_bytes": 4096, "max_namespaces": 3, "max_queued": 2, "output_cap_bytes": 5000,
           "repr_limit_bytes": 3000, "interrupt_grace": 0.5, "request_read_timeout": 7.0}

@@ -20,7 +20,7 @@ from flask import Flask
 from kernelserver import Client
 from kernelserver.results import DisplayEvent, OutputEvent, ResultEvent
 
-from conftest import ApiClient, LiveServer, process_tree, start_server, wait_until
+from helpers import ApiClient, LiveServer, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import requests
 from kernelserver.backends.memory import Limits
 from kernelserver.config import parse_size
 
-from conftest import LiveServer, pid_alive, server_pid, start_server, wait_until
+from helpers import LiveServer, pid_alive, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from flask import Flask
 
-from conftest import AUTH, start_server
+from helpers import AUTH, start_server
 from spec import SPEC, check
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ApiClient
+from helpers import ApiClient
 
 
 def test_writing_bytes_to_stdout_is_a_type_error_in_the_cell(api: ApiClient) -> None:

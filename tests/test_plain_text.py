@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import LiveServer
+from helpers import LiveServer
 
 STATUS = "--- kernelserver: "
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LiveServer, start_server
+from helpers import LiveServer, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from kernelserver.backends.process import ProcessKernel, rss_bytes
 from kernelserver.execution import Execution
 from kernelserver.results import Cell
 
-from conftest import ApiClient, pid_alive, wait_until
+from helpers import ApiClient, pid_alive, wait_until
 
 
 def run_in_thread(api: ApiClient, code: str, id: str = "default", **extra: Any) -> tuple[

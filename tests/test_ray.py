@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import LiveServer, pid_alive, start_server, wait_until
+from helpers import LiveServer, pid_alive, start_server, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -275,6 +275,17 @@ def test_a_lost_node_is_reported_and_the_namespace_waits_for_a_place(server: Liv
     again = run(server, "far", "1")
     assert again["error"]["ename"] == "NamespaceUnavailable" and "room" in again["error"]["evalue"]
     assert run(server, "basic", "x")["result"] == {"text/plain": "41"}
+
+
+def test_a_stop_logs_no_stack_dump_and_no_error(cluster: Any, tmp_path: Path) -> None:
+    live = ray_server(tmp_path, cluster)
+    try:
+        assert post(live, "/env/create", {"id": "bye"}).status_code == 201
+    finally:
+        live.stop(timeout=30)
+    output = live.output()
+    assert live.proc.returncode == 0, output
+    assert "SIGTERM received" not in output and "[ERROR]" not in output, output
 
 
 def test_without_ray_the_backend_is_one_clear_line(tmp_path: Path) -> None:

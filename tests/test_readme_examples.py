@@ -20,7 +20,7 @@ import pytest
 
 from kernelserver import tokenfile
 
-from conftest import LiveServer, start_server
+from helpers import LiveServer, start_server
 
 pytestmark = pytest.mark.slow
 

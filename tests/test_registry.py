@@ -15,7 +15,7 @@ from kernelserver.errors import NamespaceUnavailable, TooManyNamespaces
 from kernelserver.registry import Registry
 from kernelserver.results import Cell, Outcome
 
-from conftest import wait_until
+from helpers import wait_until
 
 
 class FakeKernel:

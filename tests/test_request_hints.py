@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import ApiClient, start_server
+from helpers import ApiClient, start_server
 
 
 def test_json_sent_as_a_form_says_to_add_the_content_type(api: ApiClient) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import TOKEN, start_server
+from helpers import TOKEN, start_server
 
 pytestmark = pytest.mark.slow
 

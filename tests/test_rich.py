@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from conftest import ApiClient
+from helpers import ApiClient
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

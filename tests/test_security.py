@@ -17,7 +17,7 @@ from kernelserver.client import Client
 from kernelserver.config import load_config
 from kernelserver.web.serving import gunicorn_options
 
-from conftest import TOKEN, LiveServer, free_port, start_server, wait_until
+from helpers import TOKEN, LiveServer, free_port, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

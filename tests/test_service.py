@@ -28,7 +28,7 @@ from kernelserver.results import (
 from kernelserver.service import Service
 from kernelserver.subscriptions import Listener, NamespaceEvent, NamespaceSubscription
 
-from conftest import AUTH, TOKEN, wait_until
+from helpers import AUTH, TOKEN, wait_until
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ def test_service_closes_its_workers(make_service: Callable[..., Service]) -> Non
     service.create("p")
     pid = service.describe("p", with_variables=False).details["pid"]
     service.close()
-    from conftest import pid_alive
+    from helpers import pid_alive
 
     assert wait_until(lambda: not pid_alive(pid), 5)
 

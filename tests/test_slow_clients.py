@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import LiveServer, start_server
+from helpers import LiveServer, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import websocket
 from kernelserver.web.jupyter.wire import MERGE_MAX, Message, Pending, new_header
 from kernelserver.web.websocket import ConnectionClosed, WebSocket
 
-from conftest import LiveServer, wait_until
+from helpers import LiveServer, wait_until
 from jupyter_ws import KernelClient, of_type, ws_url
 
 pytestmark = pytest.mark.slow

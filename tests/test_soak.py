@@ -20,7 +20,7 @@ from kernelserver.backends.process import rss_bytes
 from kernelserver.client import Client, Namespace
 from kernelserver.results import ExecutionResult
 
-from conftest import pid_alive, process_tree, server_pid, start_server, wait_until
+from helpers import pid_alive, process_tree, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from kernelserver.results import Cell, ResultEvent
 from kernelserver.service import Service
 from kernelserver.subscriptions import NamespaceEvent
 
-from conftest import TOKEN, LiveServer, start_server, wait_until
+from helpers import TOKEN, LiveServer, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
 ROUNDS = 300  # over the WebSocket

@@ -11,7 +11,7 @@ import trustme
 from kernelserver import Client
 from kernelserver.errors import ConnectionFailed
 
-from conftest import start_server
+from helpers import start_server
 
 pytestmark = pytest.mark.slow
 

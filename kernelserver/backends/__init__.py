@@ -29,7 +29,7 @@ class BackendEntry:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "process": BackendEntry("kernelserver.backends.process", "ProcessBackend",
+    "process": BackendEntry("kernelserver.backends.processbackend", "ProcessBackend",
                             "a worker process per namespace"),
     "inprocess": BackendEntry("kernelserver.backends.inprocess", "InProcessBackend",
                               "dicts in the server process"),

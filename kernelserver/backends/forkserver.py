@@ -24,6 +24,7 @@ import threading
 from typing import Any
 
 from . import proctree
+from .protocol import Op
 
 MAX_PACKET = 1 << 16
 
@@ -123,7 +124,7 @@ def serve(fd: int) -> None:
                         break
                     if pid in workers:
                         workers.discard(pid)
-                        exits.append({"op": "exit", "pid": pid, "status": status})
+                        exits.append({"op": Op.EXIT, "pid": pid, "status": status})
                 if exits:
                     # Before the exit is reported: a delete returns with nothing of it left.
                     _kill_orphans(workers)
@@ -145,14 +146,14 @@ def serve(fd: int) -> None:
             except Exception as exc:
                 for extra in fds:
                     os.close(extra)
-                send({"op": "spawn_failed", "error": f"{type(exc).__name__}: {exc}"})
+                send({"op": Op.SPAWN_FAILED, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             if pid == 0:
                 _child(sock, wakeup_r, wakeup_w, fds, message)
             for extra in fds:
                 os.close(extra)
             workers.add(pid)
-            send({"op": "spawned", "pid": pid})
+            send({"op": Op.SPAWNED, "pid": pid})
 
 
 class ForkServerError(RuntimeError):
@@ -202,7 +203,7 @@ class ForkServer:
         except (OSError, ValueError) as exc:
             self.close()
             raise ForkServerError(f"fork server did not start: {exc}") from None
-        if ready.get("op") != "ready":
+        if ready.get("op") != Op.READY:
             self.close()
             raise ForkServerError(f"fork server failed to start: {ready.get('error', ready)}")
         parent.settimeout(None)
@@ -236,7 +237,7 @@ class ForkServer:
                     self._cond.notify_all()
                     break
                 message = json.loads(data)
-                if message["op"] == "exit":
+                if message["op"] == Op.EXIT:
                     self._exits[message["pid"]] = message["status"]
                 else:
                     self._replies.append(message)
@@ -253,7 +254,7 @@ class ForkServer:
         """Fork a worker with these [ctl, query, stdout_w, stderr_w] fds; returns its pid."""
         if self._sock is None or self._closed:
             raise ForkServerError("the fork server is not running")
-        message = json.dumps({"op": "spawn", "prefix": prefix.hex(), "options": options})
+        message = json.dumps({"op": Op.SPAWN, "prefix": prefix.hex(), "options": options})
         with self._spawn_lock:
             socket.send_fds(self._sock, [message.encode()], fds)
             with self._cond:
@@ -262,7 +263,7 @@ class ForkServer:
                 if not self._replies:
                     raise ForkServerError("the fork server exited")
                 reply = self._replies.pop(0)
-        if reply["op"] != "spawned":
+        if reply["op"] != Op.SPAWNED:
             raise ForkServerError(f"could not fork a worker: {reply.get('error')}")
         return int(reply["pid"])
 
@@ -302,7 +303,7 @@ class ForkServer:
             self._reader.join(timeout)
 
 
-def _tell(sock: socket.socket, message: dict[str, str]) -> None:
+def _tell(sock: socket.socket, message: dict[str, Any]) -> None:
     """Send the server how the start went; a server that stopped meanwhile gets no traceback."""
     try:
         sock.send(json.dumps(message).encode())
@@ -322,9 +323,9 @@ def _main(argv: list[str]) -> None:
         for name in preload:
             importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 - report to the server, which shows it
-        _tell(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        _tell(sock, {"op": Op.FAILED, "error": f"{type(exc).__name__}: {exc}"})
         raise SystemExit(1) from None
-    _tell(sock, {"op": "ready"})
+    _tell(sock, {"op": Op.READY})
     sock.detach()
     serve(fd)
 

@@ -9,20 +9,36 @@ puts text and displays into the sink in the order the cell produced them.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import selectors
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .base import OutputSink
+from .protocol import Op
 
 if TYPE_CHECKING:
-    from .process import Worker
+    from .workerprocess import WorkerProcess
 
 READ_SIZE = 1 << 16
 JOIN_MAX = 30_000  # characters: as rings.READ_SIZE, under allocator.LARGE_BLOCK
+
+
+def read_now(read: Callable[[int], bytes]) -> bytes | None:
+    """What read(READ_SIZE) gives without waiting: None when nothing is there yet, b"" at EOF.
+
+    The one non-blocking read of a worker's pipes and control socket: an error counts as EOF,
+    since either way that end is done and the worker is gone or going.
+    """
+    try:
+        return read(READ_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 # Text to forward, the seq of a display that goes here, or a ring position (gen, pos) whose text
@@ -105,7 +121,7 @@ class CellIO:
     """The server's side of one running cell: reads the pipes and the control socket, and puts
     text and displays into the sink in the order the cell produced them."""
 
-    def __init__(self, worker: Worker, sink: OutputSink) -> None:
+    def __init__(self, worker: WorkerProcess, sink: OutputSink) -> None:
         self.worker = worker
         self.sink = sink
         self.writers = {worker.stdout.fd: sink.write_stdout, worker.stderr.fd: sink.write_stderr}
@@ -171,23 +187,21 @@ class CellIO:
 
     def _read_ctl(self) -> None:
         # Never block: readiness seen by pump() may be stale once _display() has read the socket.
-        try:
-            data = self.worker.ctl.recv(READ_SIZE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        ctl = self.worker.ctl
+        data = read_now(lambda size: ctl.recv(size, socket.MSG_DONTWAIT))
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.closed = True
-            if self.worker.ctl.fileno() in self.selector.get_map():
-                self.selector.unregister(self.worker.ctl)
+            if ctl.fileno() in self.selector.get_map():
+                self.selector.unregister(ctl)
             return
         for message in self.worker.reader.feed(data):
-            if message["op"] == "display":
+            if message["op"] == Op.DISPLAY:
                 self.displays[int(message["seq"])] = message["data"]
-            elif message["op"] == "result":
+            elif message["op"] == Op.RESULT:
                 self.reply = message
-            elif message["op"] == "input_request":
+            elif message["op"] == Op.INPUT_REQUEST:
                 self._relay_input_request(message)
 
     def _relay_input_request(self, message: dict[str, Any]) -> None:
@@ -195,7 +209,7 @@ class CellIO:
 
         def reply(value: str) -> None:
             try:
-                worker.tell({"op": "input_reply", "id": seq, "value": str(value)})
+                worker.tell({"op": Op.INPUT_REPLY, "id": seq, "value": str(value)})
             except OSError:
                 pass  # the worker is gone; the cell's answer says so
 
@@ -203,12 +217,9 @@ class CellIO:
                                 reply)
 
     def _read_pipe(self, stream: OutputPipe) -> None:
-        try:
-            data = os.read(stream.fd, READ_SIZE)
-        except BlockingIOError:
+        data = read_now(functools.partial(os.read, stream.fd))  # our read ends are non-blocking
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             stream.eof = True
             self.selector.unregister(stream.fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -17,6 +18,33 @@ from ..encoding import loads
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30
+
+
+class Op(str, Enum):
+    """What a message is (its "op"): one name per kind; on the wire it is the plain string."""
+
+    # A str mixin, so Op.EXECUTE == "execute", it hashes alike, and json/orjson write the string.
+    # Control socket, server -> worker.
+    EXECUTE = "execute"
+    INPUT_REPLY = "input_reply"
+    SHUTDOWN = "shutdown"
+    # Control socket, worker -> server.
+    RESULT = "result"
+    DISPLAY = "display"
+    INPUT_REQUEST = "input_request"
+    # Query socket: a request, answered on the same socket with its seq.
+    VARIABLES = "variables"
+    COMPLETE = "complete"
+    INSPECT = "inspect"
+    INTERRUPT = "interrupt"
+    PING = "ping"
+    # The fork server's socket (forkserver.py).
+    SPAWN = "spawn"
+    SPAWNED = "spawned"
+    SPAWN_FAILED = "spawn_failed"
+    EXIT = "exit"
+    READY = "ready"
+    FAILED = "failed"
 
 
 def marker(prefix: bytes, tag: bytes) -> bytes:

@@ -9,11 +9,13 @@ so the server raises that timeout before it connects, and reports the cluster's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
@@ -41,6 +43,26 @@ def _import_ray() -> Any:
 
         _ray = ray
     return _ray
+
+
+# gunicorn's worker handlers (SIGTERM: graceful stop; SIGABRT: its timeout) that Ray's driver replaces
+# in C: on `kernelserver stop` its handler dumped a native stack and died of SIGTERM, an [ERROR].
+_KEPT_SIGNALS = (signal.SIGTERM, signal.SIGABRT)
+
+
+@contextlib.contextmanager
+def _python_keeps_signals() -> Iterator[None]:
+    """Put back, after connecting, the Python handlers Ray's driver took over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; and gunicorn set none on another
+        return
+    saved = {signum: signal.getsignal(signum) for signum in _KEPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: set outside Python, nothing of ours to put back
+                signal.signal(signum, handler)
 
 
 def _bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -270,8 +292,9 @@ class RayBackend:
         self.interrupt_grace = float(config["interrupt_grace"])
         self.start_timeout = float(config["start_timeout"])
         address = config.get("ray_address") or "auto"
-        ray.init(address=address, namespace="kernelserver", logging_level=logging.WARNING,
-                 log_to_driver=False, ignore_reinit_error=True)
+        with _python_keeps_signals():
+            ray.init(address=address, namespace="kernelserver", logging_level=logging.WARNING,
+                     log_to_driver=False, ignore_reinit_error=True)
         from .ray_actor import NamespaceActor
 
         # Threads: interrupt, input and queries come while execute streams.

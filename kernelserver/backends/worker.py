@@ -30,7 +30,9 @@ from typing import Any
 from ..results import ErrorInfo, Outcome
 from ..runner import introspect
 from ..runner.executor import Executor
-from . import proctree, protocol, rings
+from . import protocol, rings
+from .interrupts import Interruptible
+from .protocol import Op
 
 _libc: Any = None
 try:
@@ -50,96 +52,7 @@ def _flush_all() -> None:
         _libc.fflush(None)
 
 
-class _Interruptible:
-    """SIGINT raises KeyboardInterrupt only in the cell it was meant for, never in the protocol.
-
-    The server names the cell to interrupt by its execution_count (op `interrupt` on the query
-    socket, answered by the query thread): a running cell is signalled at once; one whose
-    execute message is still on its way is remembered and never starts; one that has finished
-    is left alone (the answer says so), so a late interrupt cannot reach the next cell.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # the query thread's check-and-signal against start/finish
-        self.running: int | None = None  # the execution_count of the cell running now
-        self._started = 0  # the latest cell started (they start in increasing order)
-        self._early: int | None = None  # an interrupt for a cell not started yet
-        self._owed: int | None = None  # the cell a SIGINT was sent for, until the handler runs
-        self._hit: int | None = None  # the cell the handler last raised an owed interrupt in
-        self._main = threading.get_ident()  # made on the main thread, where cells run
-
-    def start(self, execution_count: int) -> bool:
-        """Cell execution_count starts; False when it was interrupted before (do not run it)."""
-        with self._lock:
-            self._started = max(self._started, execution_count)
-            early, self._early = self._early, None
-            if early == execution_count:
-                return False
-            self.running = execution_count
-            return True
-
-    def finish(self) -> None:
-        """The cell ended; a SIGINT from now on is not for it."""
-        with self._lock:
-            self.running = None
-
-    def interrupt(self, execution_count: int) -> bool:
-        """From the query thread: interrupt that cell (now, or at its start); False once ended."""
-        with self._lock:
-            if self.running == execution_count:
-                self._owed = execution_count
-                # To the main thread itself: sent to the process, another thread (the flusher,
-                # one of the cell's) may take it, and the cell's sleep or read never sees it.
-                signal.pthread_kill(self._main, signal.SIGINT)
-                _interrupt_group()
-                return True
-            if execution_count > self._started:  # its execute message is on its way
-                self._early = execution_count
-                return True
-            return False
-
-    def make_sure(self, execution_count: int) -> None:
-        """Signal the cell again until its handler has taken the interrupt (bounded)."""
-        # A SIGINT that lands after the interpreter's last check and before a blocking call
-        # (the cell's first sleep) is seen only when that call returns; a second one ends it.
-        delay, deadline = 0.002, time.monotonic() + RESIGNAL_FOR
-        while time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            with self._lock:
-                if self.running != execution_count or self._owed != execution_count:
-                    return  # taken, or the cell has ended
-                if signal.getsignal(signal.SIGINT) != self.handler:
-                    return  # the cell's own handler (or SIG_IGN): it gets one signal, as ever
-                signal.pthread_kill(self._main, signal.SIGINT)
-
-    def handler(self, signum: int, frame: object) -> None:
-        # No lock here: the handler runs on the main thread, which may hold it already.
-        owed, self._owed = self._owed, None
-        running = self.running
-        if running is None or (owed is not None and owed != running):
-            return  # between cells, or a SIGINT sent for a cell that has finished since
-        if owed is None and self._hit == running:
-            return  # make_sure's repeat of one this cell has had already
-        if owed is not None:
-            self._hit = running
-        raise KeyboardInterrupt
-
-
-def _interrupt_group() -> None:
-    """SIGINT what the cell started in the worker's process group, as a group signal would."""
-    # os.system's shell, a subprocess; not the worker itself: its main thread had its own.
-    group = os.getpgrp()
-    for pid in proctree.descendants(os.getpid()):
-        try:
-            if os.getpgid(pid) == group:
-                os.kill(pid, signal.SIGINT)
-        except (ProcessLookupError, PermissionError):
-            pass  # gone meanwhile
-
-
 FLUSH_INTERVAL = 0.05  # seconds printed text may wait in the worker before it is sent
-RESIGNAL_FOR = 1.0  # seconds an interrupt is repeated while the cell's handler has not run
 
 
 class _ErrStream(io.TextIOWrapper):
@@ -167,6 +80,8 @@ def _ring_text() -> type[io.TextIOWrapper] | None:
     """The C text writer of rings.py (one memcpy per print), where it was built and not refused."""
     if os.environ.get("KERNELSERVER_PURE_PYTHON_OUTPUT"):
         return None  # the fallback, on purpose (tests run both)
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return None  # its copy relies on the GIL; setup.py does not build it there either
     ring_text: type[io.TextIOWrapper] | None = _RingText
     return ring_text
 
@@ -242,7 +157,7 @@ def _keep_children_lines_whole(writers: list[rings.RingWriter], out: io.TextIOWr
     """What the namespace's other processes print reaches the server whole, line by line."""
     def in_child() -> None:
         for writer in writers:
-            writer.forked()  # off the parent's ring, into the pipe (see rings.LineWriter)
+            writer.forked()  # off the parent's ring, into the pipe (see linewriter.py)
         if not writers:
             out.reconfigure(line_buffering=True)  # whole lines, not 64 KiB blocks, per write
 
@@ -317,7 +232,7 @@ class _Inbox:
         return self._ready.popleft()
 
 
-def _query_loop(query: socket.socket, executor: Executor, interruptible: _Interruptible) -> None:
+def _query_loop(query: socket.socket, executor: Executor, interruptible: Interruptible) -> None:
     # SIGINT is for the main thread, where cells run: it must never pick this one.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     while True:
@@ -329,20 +244,20 @@ def _query_loop(query: socket.socket, executor: Executor, interruptible: _Interr
         op = message.get("op")
         signalled: int | None = None
         try:
-            if op == "variables":
+            if op == Op.VARIABLES:
                 reply: dict[str, Any] = {"ok": True, "variables": executor.variables()}
-            elif op == "complete":
+            elif op == Op.COMPLETE:
                 reply = {"ok": True, "reply": introspect.complete(
                     executor.namespace, str(message["code"]), int(message["cursor_pos"]))}
-            elif op == "inspect":
+            elif op == Op.INSPECT:
                 reply = {"ok": True, "reply": introspect.inspect_name(
                     executor.namespace, str(message["code"]), int(message["cursor_pos"]),
                     int(message.get("detail_level", 0)))}
-            elif op == "interrupt":
+            elif op == Op.INTERRUPT:
                 target = int(message["execution_count"])
                 reply = {"ok": True, "interrupted": interruptible.interrupt(target)}
                 signalled = target if reply["interrupted"] else None
-            elif op == "ping":
+            elif op == Op.PING:
                 reply = {"ok": True, "pid": os.getpid()}
             else:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
@@ -381,7 +296,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         _flush_all()  # text printed before the display goes into the pipe first
         display_seq += 1
         with send_lock:
-            protocol.send(ctl, {"op": "display", "seq": display_seq, "data": bundle})
+            protocol.send(ctl, {"op": Op.DISPLAY, "seq": display_seq, "data": bundle})
         # Its place among the printed text: the server emits the display when it reads this.
         os.write(out_pipe, protocol.marker(prefix, b"D%d" % display_seq))
 
@@ -394,18 +309,18 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         _flush_all()  # the prompt's context (what was printed) reaches the client first
         input_seq += 1
         with send_lock:
-            protocol.send(ctl, {"op": "input_request", "id": input_seq, "prompt": prompt,
+            protocol.send(ctl, {"op": Op.INPUT_REQUEST, "id": input_seq, "prompt": prompt,
                                 "password": password})
         while True:
             message = inbox.next()  # an interrupt lands here and ends the cell
-            if message.get("op") == "input_reply" and message.get("id") == input_seq:
+            if message.get("op") == Op.INPUT_REPLY and message.get("id") == input_seq:
                 return str(message.get("value", ""))
             # Anything else (a late reply to an interrupted input()) is not for this prompt.
 
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
                         on_display=on_display)
     getpass.getpass = executor.getpass  # as ipykernel does
-    interruptible = _Interruptible()
+    interruptible = Interruptible()
     signal.signal(signal.SIGINT, interruptible.handler)
     threading.Thread(target=_query_loop, args=(query, executor, interruptible), name="query",
                      daemon=True).start()
@@ -417,9 +332,9 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         except (protocol.ChannelClosed, OSError):
             return 0
         op = message.get("op")
-        if op == "shutdown":
+        if op == Op.SHUTDOWN:
             break
-        if op != "execute":
+        if op != Op.EXECUTE:
             continue
         execution_count = int(message["execution_count"])
         try:
@@ -446,7 +361,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
         if not drained:
             os.write(out_pipe, protocol.marker(prefix, b"END"))
             os.write(err_pipe, protocol.marker(prefix, b"END"))
-        reply = {"op": "result", "drained": drained, **outcome.to_dict()}
+        reply = {"op": Op.RESULT, "drained": drained, **outcome.to_dict()}
         with send_lock:
             try:
                 protocol.send(ctl, reply)

@@ -1,0 +1,96 @@
+"""The process backend: makes ProcessKernels, all forked from one fork server it owns."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, ClassVar
+
+from . import memory as memory_limits
+from .base import NamespaceOptions, refuse_placement
+from .forkserver import ForkServer, ForkServerError
+from .process import ProcessKernel
+
+log = logging.getLogger("kernelserver")
+
+
+class ProcessBackend:
+    """Makes ProcessKernels, all forked from one fork server owned by this backend."""
+
+    name: ClassVar[str] = "process"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.options = {"repr_limit": config["repr_limit_bytes"]}
+        self._lock = threading.Lock()
+        self.forkserver = ForkServer()
+        self.forkserver.start()
+        self._limits: memory_limits.Limits | None = None  # made when first asked for
+        self._closed = False
+
+    def live_forkserver(self) -> ForkServer:
+        """The fork server, started anew if the last one died (a cell can kill it: every
+        namespace's worker dies with it, and new ones must still start)."""
+        with self._lock:
+            if self._closed:
+                # Stopping: a worker that died meanwhile must not bring a fork server back.
+                raise ForkServerError("the server is stopping")
+            if not self.forkserver.alive:
+                self.forkserver.close()  # reaped already by its reader; releases the socket
+                fresh = ForkServer()
+                fresh.start()
+                self.forkserver = fresh
+            return self.forkserver
+
+    def healthy(self) -> bool:
+        """True when a worker can be started now (the fork server runs, or starts again)."""
+        try:
+            return self.live_forkserver().alive
+        except ForkServerError:
+            return False
+
+    @property
+    def limits(self) -> memory_limits.Limits:
+        """Where namespaces' memory groups are made (found, and the server's cgroup made, on the
+        first use: a server whose namespaces have no limit touches no cgroup)."""
+        with self._lock:
+            if self._limits is None:
+                self._limits = memory_limits.Limits(self.config.get("memory_limit_method", "auto"),
+                                                    server_pids=memory_limits.server_processes)
+                log.info("%s", self._limits.why)
+            return self._limits
+
+    def validate(self, options: NamespaceOptions) -> None:
+        """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
+        refuse_placement(options, "process", limits_memory=True)
+
+    def cluster(self) -> dict[str, Any] | None:
+        """Not a cluster."""
+        return None
+
+    def memory_limit_method(self) -> str:
+        """'cgroup v2', 'cgroup v1' or 'watchdog'."""
+        return self.limits.method
+
+    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> ProcessKernel:
+        """A kernel with its worker forked and ready, in its memory group if it has a limit."""
+        limit = options.resources.memory
+        if limit is None:
+            limit = self.config.get("memory_limit", 0)
+        group = self.limits.group(namespace_id, limit) if limit else None
+        try:
+            return ProcessKernel(self.live_forkserver, self.options, self.config["interrupt_grace"],
+                                 memory=group)
+        except BaseException:
+            if group is not None:
+                group.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the fork server; remove the server's memory cgroup."""
+        with self._lock:
+            self._closed = True
+            self.forkserver.close()
+            limits = self._limits
+        if limits is not None:
+            limits.close()
