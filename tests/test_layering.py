@@ -126,3 +126,9 @@ def test_the_ray_actor_loads_no_core_module() -> None:
     loaded = loaded_after("import kernelserver.backends.ray_actor")
     assert sorted(loaded & set(CORE)) == [] and not any(m.startswith("kernelserver.web") for m in loaded)
 
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in source_files()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

@@ -13,7 +13,7 @@ import traceback
 import types
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..results import ErrorInfo, Outcome
 from .display import (
@@ -25,6 +25,9 @@ from .display import (
     mimebundle,
     recording_cuts,
 )
+
+if TYPE_CHECKING:
+    from .ipython import ClearSink, Shell
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -86,18 +89,29 @@ def _no_input(prompt: object = "", password: bool = False) -> str:
 
 
 Stdin = Callable[[str, bool], str]  # (prompt, password) -> the line the client typed
+Syntax = Literal["python", "ipython"]  # what a cell may be written in
 
 
 class Executor:
-    """A namespace: one globals dict, an execution counter, and an event loop for top-level await."""
+    """A namespace: one globals dict, an execution counter, and an event loop for top-level await.
+
+    syntax="ipython" runs cells through the namespace's IPython shell (kernelserver.runner.ipython):
+    magics, !cmd, obj?, In/Out; on_display then also gets display_id/update/metadata keywords,
+    on_clear gets clear_output(wait). Without IPython installed such a namespace runs plain Python
+    and a cell using IPython syntax fails with an IPythonSyntaxError naming the extra to install.
+    """
 
     def __init__(
         self,
         namespace: dict[str, Any] | None = None,
         *,
         repr_limit: int = 1024 * 1024,
-        on_display: Callable[[dict[str, Any]], None] | None = None,
+        on_display: Callable[..., None] | None = None,
+        syntax: Syntax = "python",
+        on_clear: ClearSink | None = None,
     ) -> None:
+        if syntax not in ("python", "ipython"):
+            raise ValueError(f"syntax must be 'python' or 'ipython', not {syntax!r}")
         self.namespace: dict[str, Any] = namespace if namespace is not None else {}
         self.repr_limit = repr_limit
         # Whether the repr limit cut the last cell's result or a display. Also an attribute, not
@@ -111,6 +125,24 @@ class Executor:
         user_builtins["display"] = self.display
         self.namespace.setdefault("__name__", "__main__")
         self.namespace["__builtins__"] = user_builtins
+        self.syntax: Syntax = syntax
+        # The namespace's IPython shell: None under python syntax, and without IPython installed.
+        self.shell: Shell | None = None
+        self._ipython: types.ModuleType | None = None  # kernelserver.runner.ipython, when wanted
+        self._error: BaseException | None = None  # the running cell's error, for the shell's end_cell
+        if syntax == "ipython":
+            # Imported here, not at the top: a python-syntax namespace loads none of it.
+            from . import ipython
+
+            self._ipython = ipython
+            if ipython.available():
+                # After the builtins above: the shell puts IPython's display() in that dict.
+                self.shell = ipython.make_shell(self.namespace, self._publish, on_clear,
+                                                repr_limit=lambda: self.repr_limit)
+
+    def _publish(self, bundle: dict[str, Any], **extra: Any) -> None:
+        # Through the attribute at each display: on_display may be replaced after the shell is made.
+        self.on_display(bundle, **extra)
 
     def input(self, prompt: object = "") -> str:
         """The input() builtin of a namespace: a line from the client, if the cell allows it."""
@@ -168,6 +200,15 @@ class Executor:
         input() and getpass ask it for a line, else they fail at once.
         """
         filename = cell_filename(execution_count)
+        code = source
+        if self._ipython is not None:
+            try:
+                code = self._ipython.transform(source, self.shell, filename)
+            except SyntaxError as exc:  # IPythonSyntaxError: IPython syntax, IPython missing
+                return Outcome("error", error=format_error(exc, with_stack=False))
+            except Exception as exc:  # noqa: BLE001 - an extension's input transformer failed
+                return Outcome("error", error=format_error(exc))
+        # The source as typed, as IPython caches it: a traceback shows `!ls`, not get_ipython().
         lines = source.splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
@@ -182,36 +223,62 @@ class Executor:
         try:
             with recording_cuts() as cuts:
                 try:
-                    outcome = self._run(source, filename)
+                    if self.shell is None:
+                        outcome = self._run(code, filename)
+                    else:
+                        outcome = self._run_in_shell(self.shell, source, code, execution_count,
+                                                     filename)
                 finally:
                     self.truncated = bool(cuts)
         finally:
             current_publisher.reset(token)
             self.repr_limit = own_limit
             self._stdin = _no_input
+            self._error = None  # its traceback holds the cell's frames
         return replace(outcome, truncated=True) if self.truncated else outcome
+
+    def _run_in_shell(self, shell: Shell, source: str, code: str, execution_count: int,
+                      filename: str) -> Outcome:
+        """_run between the shell's begin_cell and end_cell: In, Out, _ and IPython's events."""
+        shell.begin_cell(source, code, execution_count)
+        try:
+            outcome = self._run(code, filename)
+        except BaseException as exc:  # an interrupt landing between _run's own handlers
+            shell.end_cell(exc)
+            raise
+        shell.end_cell(self._error)
+        return outcome
 
     def _run(self, source: str, filename: str) -> Outcome:
         try:
             body, value_code = self._compile(source, filename)
         except (SyntaxError, ValueError) as exc:
+            self._error = exc
             # Only the compiler's frames are on the stack here; the caret line says it all.
             return Outcome("error", error=format_error(exc, with_stack=False))
         try:
             value = self._execute(body, value_code)
         except KeyboardInterrupt as exc:
+            self._error = exc
             self._flush_figures()
             return Outcome("interrupted", error=format_error(exc))
         except BaseException as exc:  # noqa: BLE001 - SystemExit and all are user errors here
+            self._error = exc
             self._flush_figures()
             return Outcome("error", error=format_error(exc))
         self._flush_figures()
         if value is None:
             return Outcome("ok")
-        self.namespace["_"] = value
+        shell = self.shell
+        if shell is None:
+            self.namespace["_"] = value
         try:
+            # The shell keeps Out[n] and rotates _, __, ___ (leaving a `_` the user set alone).
+            if shell is not None and not shell.store_result(value):
+                return Outcome("ok")  # a trailing ';' hides the value
             bundle = mimebundle(value, self.repr_limit)
         except BaseException as exc:  # noqa: BLE001
+            self._error = exc
             return Outcome("error", error=format_error(exc))
         return Outcome("ok", result=bundle)
 
@@ -238,15 +305,19 @@ class Executor:
     def variables(self, repr_limit: int = 200, seconds: float = VARIABLES_SECONDS) -> list[dict[str, Any]]:
         """Name, type and a short safe repr of each user variable, made in about seconds at most."""
         deadline = time.monotonic() + seconds
+        # In, Out, get_ipython, exit...: what the shell put there is not the user's, as %who says.
+        hidden = self.shell.is_hidden if self.shell is not None else None
         found = []
         for name, value in list(self.namespace.items()):
-            if is_user_variable(name, value):
+            if is_user_variable(name, value) and not (hidden is not None and hidden(name)):
                 found.append(describe_variable(name, value, repr_limit,
                                                max(0.0, deadline - time.monotonic())))
         return found
 
     def close(self) -> None:
-        """Close the event loop and drop the namespace's references."""
+        """Close the shell and the event loop, and drop the namespace's references."""
+        if self.shell is not None:
+            self.shell.close()  # get_ipython() is None again: another namespace may make one
         if self._loop is not None and not self._loop.is_closed():
             self._loop.close()
         self.namespace.clear()
