@@ -87,10 +87,9 @@ class History:
         self._queued = threading.Condition()  # guards _queue; the writer waits on it
         self._commit_lock = threading.Lock()
         self._conn = self._connect(autocheckpoint=False)
-        # A large output outgrows the page cache in its transaction: spilled, its pages went to
-        # the WAL twice (zeros, then the text). Kept until the commit, an 8 MiB output commits
-        # in 22 ms instead of 36 here, for 4 MB more resident; answers wait for that commit now.
-        self._conn.execute("PRAGMA cache_spill=OFF")
+        # Not cache_spill=OFF, though an 8 MiB output would commit in 22 ms instead of 36: the
+        # transaction's pages then stay resident after it (9 MiB of the server's memory kept
+        # after a noisy namespace is gone; test_long_running pins under 6).
         self._conn_closed = False
         self._wal_bytes = 0  # about what was committed since the last checkpoint
         self._urgent = threading.Event()  # set by close, or a full batch: the writer commits now
