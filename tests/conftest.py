@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from kernelserver import create_app
+from kernelserver import __version__, create_app
+from kernelserver.config import load_config
+from kernelserver.service import Service
 
 from helpers import TOKEN, ApiClient, LiveServer, start_server
 
@@ -80,3 +82,26 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Build services (the core, no Flask) with a private data dir; all closed at teardown."""
+    services: list[Service] = []
+
+    def build(**settings: Any) -> Service:
+        settings.setdefault("token", TOKEN)
+        settings.setdefault("data_dir", str(tmp_path / f"data{len(services)}"))
+        service = Service(load_config(settings, environ={}), __version__)
+        services.append(service)
+        return service
+
+    yield build
+    for service in services:
+        service.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Service], backend: str) -> Service:
+    """A service on the backend under test."""
+    return make_service(backend=backend)

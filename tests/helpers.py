@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,41 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
             return True
         time.sleep(step)
     return predicate()
+
+
+@contextmanager
+def jupyter_gateway(tmp_path: Path, gateway_url: str, gateway_token: str, token: str,
+                    *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real jupyter_server whose kernels live in kernelserver (`--gateway-url`), on 127.0.0.1;
+    its URL, stopped on leaving whatever happened (its log in tmp_path/jupyter_server.log)."""
+    port = free_port()
+    full_env = {**os.environ, "HOME": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+                "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), **(env or {})}
+    log_path = tmp_path / "jupyter_server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={port}", "--ServerApp.open_browser=False",
+             "--ServerApp.allow_root=True", f"--IdentityProvider.token={token}",
+             f"--ServerApp.root_dir={tmp_path}", f"--gateway-url={gateway_url}",
+             f"--GatewayClient.auth_token={gateway_token}", *extra],
+            env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(url + "/api", timeout=1).ok
+            except requests.RequestException:
+                return proc.poll() is not None
+
+        try:
+            assert wait_until(up, 60, 0.2) and proc.poll() is None, log_path.read_text()
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from flask import Flask
+
+from kernelserver.errors import NamespaceUnavailable
 
 from helpers import AUTH, ApiClient
 
@@ -195,3 +200,21 @@ def test_no_cors_headers(api: ApiClient) -> None:
     preflight = api.raw.options("/execute", headers={"Origin": "http://evil.example",
                                                       "Access-Control-Request-Method": "POST"})
     assert not any(h.lower().startswith("access-control") for h in preflight.headers.keys())
+
+
+def test_info_answers_when_its_probe_cannot_start(make_app: Callable[..., Flask],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a Ray cluster still placing its first actor refuses one: /info says so, not a 503.
+    app = make_app(backend="process")
+    service = app.extensions["kernelserver"]
+
+    def refuse(namespace_id: str, options: Any) -> Any:
+        raise NamespaceUnavailable("no node of the cluster had room for it")
+
+    monkeypatch.setattr(service.backend, "start_kernel", refuse)
+    answer = app.test_client().get("/info", headers=AUTH)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["probe"] == {
+        "error": "the probe could not start: no node of the cluster had room for it"}
+    monkeypatch.undo()
+    assert "python" in app.test_client().get("/info", headers=AUTH).get_json()["probe"]

@@ -34,7 +34,7 @@ import requests
 import trustme
 import websocket
 
-from helpers import TOKEN, LiveServer, free_port, start_server, wait_until
+from helpers import TOKEN, LiveServer, free_port, jupyter_gateway, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow  # a real server behind a real nginx
@@ -392,44 +392,23 @@ def test_jupyterlabs_gateway_client_runs_cells_through_the_proxy(proxy: Proxy, t
     assert len(lab_line) == 1
     args = args_after(lab_line[0], "jupyter lab")
     assert args == [f"--gateway-url=https://{proxy.name}", "--GatewayClient.auth_token=$KERNELSERVER_TOKEN"]
-    port = free_port()
-    env = {**os.environ, "HOME": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           # The doc's way to trust a private CA (GatewayClient.ca_certs needs a client certificate).
-           "SSL_CERT_FILE": str(proxy.ca)}
-    log_path = tmp_path / "jupyter_server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-             "--ServerApp.open_browser=False", "--ServerApp.allow_root=True",
-             "--IdentityProvider.token=lab-token", f"--ServerApp.root_dir={tmp_path}",
-             # The doc's flags; this machine reaches the public name at nginx's address.
-             f"--gateway-url={proxy.url}", f"--GatewayClient.auth_token={TOKEN}",
-             f"--GatewayClient.headers={json.dumps({'Host': proxy.name})}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+    # The doc's flags; this machine reaches the public name at nginx's address. The doc's way
+    # to trust a private CA (GatewayClient.ca_certs needs a client certificate).
+    with jupyter_gateway(tmp_path, proxy.url, TOKEN, "lab-token",
+                         f"--GatewayClient.headers={json.dumps({'Host': proxy.name})}",
+                         env={"SSL_CERT_FILE": str(proxy.ca)}) as url:
+        lab = {"Authorization": "token lab-token"}
+        started = requests.post(url + "/api/kernels", json={"name": "python3"}, headers=lab, timeout=60)
+        assert started.status_code == 201, started.text + (tmp_path / "jupyter_server.log").read_text()
+        kernel = started.json()["id"]
+        client = KernelClient(url, kernel, "lab-token")
         try:
-            url = f"http://127.0.0.1:{port}"
-
-            def up() -> bool:
-                try:
-                    return requests.get(url + "/api", timeout=1).ok
-                except requests.RequestException:
-                    return proc.poll() is not None
-            assert wait_until(up, 60, 0.2) and proc.poll() is None, log_path.read_text()
-            lab = {"Authorization": "token lab-token"}
-            started = requests.post(url + "/api/kernels", json={"name": "python3"}, headers=lab, timeout=60)
-            assert started.status_code == 201, started.text + log_path.read_text()
-            kernel = started.json()["id"]
-            client = KernelClient(url, kernel, "lab-token")
-            try:
-                reply, seen = client.execute("1+1")
-            finally:
-                client.close()
-            assert reply["content"]["status"] == "ok", reply
-            assert of_type(seen, "execute_result")[0]["content"]["data"] == {"text/plain": "2"}
-            assert requests.delete(f"{url}/api/kernels/{kernel}", headers=lab, timeout=30).status_code == 204
+            reply, seen = client.execute("1+1")
         finally:
-            stop(proc)
+            client.close()
+        assert reply["content"]["status"] == "ok", reply
+        assert of_type(seen, "execute_result")[0]["content"]["data"] == {"text/plain": "2"}
+        assert requests.delete(f"{url}/api/kernels/{kernel}", headers=lab, timeout=30).status_code == 204
     # Through nginx, with the public name as Host and no Origin.
     logged = [line for line in (proxy.dir / "access.log").read_text().splitlines()
               if f"/api/kernels/{kernel}/channels" in line]

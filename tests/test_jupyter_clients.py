@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import LiveServer, free_port, wait_until
+from helpers import LiveServer, jupyter_gateway
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow
@@ -25,34 +25,8 @@ JS = Path(__file__).resolve().parent / "js"
 @pytest.fixture
 def jupyter_server(server: LiveServer, tmp_path: Path) -> Iterator[str]:
     """A real jupyter_server whose kernels live in kernelserver (`--gateway-url`)."""
-    port = free_port()
-    env = {**os.environ, "HOME": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    log = (tmp_path / "jupyter_server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         "--ServerApp.open_browser=False", "--ServerApp.allow_root=True", "--IdentityProvider.token=js-token",
-         f"--ServerApp.root_dir={tmp_path}", f"--gateway-url={server.url}",
-         f"--GatewayClient.auth_token={server.token}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(url + "/api", timeout=1).ok
-        except requests.RequestException:
-            return proc.poll() is not None
-    try:
-        assert wait_until(up, 60, 0.2) and proc.poll() is None, (tmp_path / "jupyter_server.log").read_text()
+    with jupyter_gateway(tmp_path, server.url, server.token, "js-token") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def test_jupyter_server_runs_cells_in_kernelserver_through_gateway_url(server: LiveServer,

@@ -322,10 +322,6 @@ def test_the_server_outlives_its_cluster(tmp_path: Path) -> None:
         assert refused.status_code == 503 and "start_timeout" in refused.json()["error"]["message"]
         assert requests.get(live.url + "/env/list", headers=live.headers, timeout=30).status_code == 200
         assert timed["health"] < 3 and timed["create"] < 10, timed
-        # /info still answers, and says what is wrong, rather than a 503 for its probe.
-        info = requests.get(live.url + "/info", headers=live.headers, timeout=60)
-        assert info.status_code == 200, info.text
-        assert "could not start" in info.json()["probe"]["error"] and "error" in info.json()["cluster"]
     finally:
         started = time.monotonic()
         live.stop(timeout=30)

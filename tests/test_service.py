@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from kernelserver import __version__
-from kernelserver.config import load_config
 from kernelserver.errors import ExecutionNotFound, NamespaceNotFound
 from kernelserver.results import (
     Cell,
@@ -28,28 +26,7 @@ from kernelserver.results import (
 from kernelserver.service import Service
 from kernelserver.subscriptions import Listener, NamespaceEvent, NamespaceSubscription
 
-from helpers import AUTH, TOKEN, wait_until
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def build(**settings: Any) -> Service:
-        settings.setdefault("token", TOKEN)
-        settings.setdefault("data_dir", str(tmp_path / f"data{len(services)}"))
-        service = Service(load_config(settings, environ={}), __version__)
-        services.append(service)
-        return service
-
-    yield build
-    for service in services:
-        service.close()
-
-
-@pytest.fixture
-def service(make_service: Callable[..., Service], backend: str) -> Service:
-    return make_service(backend=backend)
+from helpers import AUTH, wait_until
 
 
 def drain(subscription: NamespaceSubscription, until: Callable[[list[NamespaceEvent]], bool],

@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import requests
 
-from kernelserver import __version__
-from kernelserver.config import load_config
 from kernelserver.execution import Execution
 from kernelserver.results import Cell, ResultEvent
 from kernelserver.service import Service
 from kernelserver.subscriptions import NamespaceEvent
 
-from helpers import TOKEN, LiveServer, start_server, wait_until
+from helpers import LiveServer, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
 ROUNDS = 300  # over the WebSocket
 WATCHERS = 10  # other clients of the kernel: the old code then failed 36-53 rounds of 300, alone ~1 in 1000
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def build(**settings: Any) -> Service:
-        settings.setdefault("token", TOKEN)
-        settings.setdefault("data_dir", str(tmp_path / f"data{len(services)}"))
-        service = Service(load_config(settings, environ={}), __version__)
-        services.append(service)
-        return service
-
-    yield build
-    for service in services:
-        service.close()
-
-
-@pytest.fixture
-def service(make_service: Callable[..., Service], backend: str) -> Service:
-    return make_service(backend=backend)
 
 
 # -- the service, where the race is made certain --
