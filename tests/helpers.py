@@ -45,6 +45,15 @@ class ApiClient:
     def create(self, id: str) -> Any:
         return self.post("/env/create", json={"id": id})
 
+    def latest(self, id: str = "default") -> dict[str, Any]:
+        """The newest execution of namespace id as /env/execution shows it ({} while none)."""
+        rows = self.get(f"/env/history?id={id}&limit=1").get_json()["executions"]
+        if not rows:
+            return {}
+        data: dict[str, Any] = self.get(
+            f"/env/execution?id={id}&n={rows[-1]['execution_count']}").get_json()
+        return data
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -82,6 +91,18 @@ class LiveServer:
         if self.log_handle is not None:
             self.log_handle.close()
             self.log_handle = None
+
+
+def latest_execution(server: LiveServer, namespace_id: str = "default") -> dict[str, Any]:
+    """The newest execution of a live server's namespace, as /env/execution shows it ({} while none)."""
+    rows = requests.get(server.url + "/env/history", params={"id": namespace_id, "limit": 1},
+                        headers=server.headers, timeout=10).json()["executions"]
+    if not rows:
+        return {}
+    data: dict[str, Any] = requests.get(
+        server.url + "/env/execution", params={"id": namespace_id, "n": rows[-1]["execution_count"]},
+        headers=server.headers, timeout=10).json()
+    return data
 
 
 def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "http",

@@ -187,7 +187,7 @@ def test_output_arrives_live(page: WebDriver) -> None:
                 seen[tick] = time.monotonic()
                 if tick == "tick 0":
                     assert prompt(cell) == "[*]"  # still running when the first line shows
-        time.sleep(0.05)
+        time.sleep(0.05)  # the step of a deadline-bound watch that times when each line shows
     assert finished(cell) and set(seen) == {"tick 0", "tick 3"}, cell.text
     assert seen["tick 3"] - seen["tick 0"] > 2.0, seen
 

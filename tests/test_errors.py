@@ -16,7 +16,7 @@ from kernelserver.errors import (
     error_class,
 )
 
-from helpers import AUTH, TOKEN
+from helpers import AUTH, TOKEN, wait_until
 
 
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -165,10 +165,12 @@ def test_token_leaves_the_environment_of_an_inprocess_server(make_app: Callable[
 
 def test_queue_limit_is_429(make_app: Callable[..., Flask]) -> None:
     client = make_app(backend="process", max_queued=2).test_client()
-    client.post("/execute", json={"code": "import time\ntime.sleep(2)", "wait": 0}, headers=AUTH)
-    import time
-
-    time.sleep(0.2)  # the first is running, not queued
+    first = client.post("/execute", json={"code": "import time\ntime.sleep(2)", "wait": 0},
+                        headers=AUTH).get_json()
+    # the first is running, not queued
+    assert wait_until(lambda: client.get(
+        f"/env/execution?id=default&n={first['execution_count']}", headers=AUTH).get_json()["status"]
+        == "running", 10)
     for _ in range(2):
         queued = client.post("/execute", json={"code": "1", "wait": 0}, headers=AUTH)
         assert queued.status_code == 202 and queued.get_json()["status"] == "queued"

@@ -52,8 +52,25 @@ def kernel(server: LiveServer) -> Iterator[str]:
     rest(server, "DELETE", f"/api/kernels/{kernel_id}")
 
 
+_opened: list[KernelClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_every_connection() -> Iterator[None]:
+    """Every connection a test opens is closed when it ends, whether it passed or failed."""
+    yield
+    while _opened:
+        client = _opened.pop()
+        try:
+            client.ws.close(timeout=1)
+        except Exception:  # noqa: BLE001 - already closed or broken: drop the socket anyway
+            client.ws.shutdown()
+
+
 def connect(server: LiveServer, kernel_id: str, **kwargs: Any) -> KernelClient:
-    return KernelClient(server.url, kernel_id, server.token, **kwargs)
+    client = KernelClient(server.url, kernel_id, server.token, **kwargs)
+    _opened.append(client)
+    return client
 
 
 # -- REST --
@@ -119,7 +136,10 @@ def test_auth_takes_token_or_bearer_and_query_token_only_on_upgrades(server: Liv
         websocket.create_connection(ws_url(server.url, kernel), timeout=10)
     assert refused.value.status_code == 401
     ws = websocket.create_connection(ws_url(server.url, kernel, token=server.token), timeout=10)
-    ws.close()
+    try:
+        assert ws.connected
+    finally:
+        ws.close()
     assert server.token not in server.output()  # the URL that carried it is not logged
 
 
@@ -350,7 +370,10 @@ def test_a_client_that_comes_back_gets_what_it_missed(server: LiveServer, kernel
     cell = client.send("execute_request", {"code": code})
     client.until(lambda m: m["msg_type"] == "stream")
     client.ws.sock.close()  # the laptop sleeps: no goodbye
-    time.sleep(2.5)
+    # it stays away until the cell has finished: everything after 'line 0' is missed output
+    assert wait_until(lambda: requests.get(
+        server.url + "/env/history", params={"id": kernel, "limit": 1}, headers=server.headers,
+        timeout=10).json()["executions"][-1]["status"] == "ok", 20)
     again = connect(server, kernel, session="come-back")
     seen = again.until_idle(cell["msg_id"])
     text = "".join(m["content"]["text"] for m in of_type(seen, "stream"))

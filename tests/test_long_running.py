@@ -100,7 +100,11 @@ def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: Li
                      b"Authorization: Bearer " + server.token.encode() + b"\r\n"
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(body), body))
-        time.sleep(0.5)
+        # the second cell has reached the server and waits behind the first
+        assert wait_until(lambda: requests.get(
+            server.url + "/env/execution", headers=server.headers, timeout=10,
+            params={"id": "spare", "n": running["execution_count"] + 1}).json().get("status")
+            == "queued", 10)
     first = requests.get(server.url + "/env/execution", headers=server.headers, timeout=30,
                          params={"id": "spare", "n": running["execution_count"], "wait": 10}).json()
     assert first["status"] == "ok" and first["result"] == {"text/plain": "'finished'"}

@@ -223,5 +223,5 @@ def test_a_busy_namespace_is_never_culled(culling: LiveServer) -> None:
 def test_a_namespace_may_opt_out_of_culling(culling: LiveServer) -> None:
     assert post(culling, "/env/create", {"id": "keeper", "cull_idle_after": 0}).json()[
         "cull_idle_after"] == 0
-    time.sleep(4)
+    time.sleep(4)  # a duration, not a wait: idle past the server's culling period
     assert post(culling, "/env/get", {"id": "keeper"}).json()["state"] == "idle"

@@ -44,7 +44,8 @@ def test_interrupt_stops_a_busy_loop_and_keeps_state(papi: ApiClient) -> None:
     papi.run("kept = 'still here'")
     thread, box = run_in_thread(papi, "print('looping', flush=True)\nwhile True:\n    pass")
     wait_busy(papi)
-    time.sleep(0.2)
+    # the cell is in its loop: it has printed what it prints first
+    assert wait_until(lambda: papi.latest().get("stdout") == "looping\n", 10)
     assert papi.post("/env/interrupt", json={"id": "default"}).get_json()["interrupted"] is True
     thread.join(10)
     assert box["status"] == "interrupted"
@@ -250,10 +251,12 @@ def test_kernel_handle_is_a_context_manager() -> None:
         forkserver.close()
 
 
-def test_output_between_cells_is_not_lost(papi: ApiClient) -> None:
+def test_output_between_cells_is_not_lost(papi: ApiClient, tmp_path: Path) -> None:
+    printed = tmp_path / "printed"
     papi.run("import threading, time\n"
-             "threading.Thread(target=lambda: (time.sleep(0.3), print('late', flush=True))).start()")
-    time.sleep(0.6)
+             "threading.Thread(target=lambda: (time.sleep(0.3), print('late', flush=True), "
+             f"open({str(printed)!r}, 'w').close())).start()")
+    assert wait_until(printed.exists, 10)  # 'late' was printed, between the cells
     assert papi.run("print('next')")["stdout"] == "late\nnext\n"
 
 

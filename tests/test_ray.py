@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from helpers import LiveServer, pid_alive, start_server, wait_until
+from helpers import LiveServer, latest_execution, pid_alive, start_server, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -108,7 +108,8 @@ def test_interrupt_reaches_a_cell_on_the_node(server: LiveServer) -> None:
     runner = threading.Thread(target=lambda: answers.append(run(server, "stop-me", code)))
     runner.start()
     assert wait_until(lambda: post(server, "/env/get", {"id": "stop-me"}).json()["state"] == "busy", 10)
-    time.sleep(0.3)
+    # the cell runs its loop on the node: it has printed what it prints first
+    assert wait_until(lambda: latest_execution(server, "stop-me").get("stdout") == "started\n", 10)
     started = time.monotonic()
     assert post(server, "/env/interrupt", {"id": "stop-me"}).json()["interrupted"] is True
     runner.join(15)
@@ -184,7 +185,10 @@ def test_gpus_are_placed_one_namespace_each_and_a_third_waits(server: LiveServer
     waiter = threading.Thread(target=lambda: answers.append(
         post(server, "/env/create", {"id": "gpu-c", "resources": {"num_gpus": 1}})))
     waiter.start()
-    time.sleep(1)
+    # Waiting for a place: listed as starting (the create holds it until a GPU is free).
+    assert wait_until(lambda: any(env["id"] == "gpu-c" and env["state"] == "starting" for env in
+                                  requests.get(server.url + "/env/list", headers=server.headers,
+                                               timeout=10).json()["envs"]), 10)
     post(server, "/env/delete", {"id": "gpu-a"})
     waiter.join(15)
     assert answers and answers[0].status_code == 201, answers[0].text if answers else "no answer"
@@ -263,7 +267,8 @@ def test_a_lost_node_is_reported_and_the_namespace_waits_for_a_place(server: Liv
             server, "far", "import time\nprint('on the far node', flush=True)\ntime.sleep(60)")))
         runner.start()
         assert wait_until(lambda: post(server, "/env/get", {"id": "far"}).json()["state"] == "busy", 10)
-        time.sleep(0.5)
+        # the cell runs on the far node: it has printed what it prints first
+        assert wait_until(lambda: latest_execution(server, "far").get("stdout") == "on the far node\n", 10)
     finally:
         cluster.remove_node(node)
     runner.join(90)
@@ -311,7 +316,7 @@ def test_the_server_outlives_its_cluster(tmp_path: Path) -> None:
     try:
         assert run(live, "default", "1 + 1")["result"] == {"text/plain": "2"}
         own.shutdown()
-        time.sleep(6)
+        time.sleep(6)  # a duration, not a wait: the server must outlive 3 s (twice) without its head
         assert live.proc.poll() is None, live.output()[-2000:]
         timed: dict[str, float] = {}
         started = time.monotonic()

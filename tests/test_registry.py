@@ -120,7 +120,7 @@ def test_a_slow_start_is_visible_as_starting_and_callers_share_it(slow: SlowBack
     assert wait_until(lambda: registry.ids() == ["gpu"], 5)
     assert state_of(registry, "gpu") == "starting"
     assert registry.get("gpu").info().to_dict()["state"] == "starting"
-    time.sleep(0.2)
+    time.sleep(0.2)  # a duration, not a wait: the callers must go on waiting while the start does
     assert all(thread.is_alive() for thread, _ in callers)  # every caller waits for the start
     slow.release.set()
     for thread, _ in callers:

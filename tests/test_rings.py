@@ -138,7 +138,7 @@ def test_a_server_far_behind_makes_printing_wait(pair: Pair, monkeypatch: pytest
     pair.writer.tend()  # 2 MiB unread: the next print waits
 
     def server_catches_up() -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # a duration, not a wait: how long the printer must be held back
         pair.read_marked()
 
     catcher = threading.Thread(target=server_catches_up)

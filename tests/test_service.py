@@ -215,7 +215,6 @@ def test_interrupt_and_restart_through_the_service(service: Service) -> None:
     assert service.interrupt("ir") is False  # nothing runs
     looping = service.submit("ir", Cell("while True:\n    pass"))
     assert wait_until(lambda: looping.status == "running", 10)
-    time.sleep(0.1)
     assert service.interrupt("ir") is True
     assert looping.wait(10) and looping.status == "interrupted"
     info = service.restart("ir")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import LiveServer, start_server
+from helpers import LiveServer, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +26,13 @@ def test_forty_stalled_half_requests_do_not_block_health_or_execute(tmp_path: Pa
                                       b"Bearer " + server.token.encode() + b"\r\n")
     stalled = []
     try:
+        baseline = _socket_fds(server)
         for i in range(40):
             sock = _connect(server)
-            sock.sendall(HALF_REQUEST[:40] if i % 2 else authorized)
             stalled.append(sock)
-        time.sleep(0.5)  # let every one of them reach the server
+            sock.sendall(HALF_REQUEST[:40] if i % 2 else authorized)
+        # every one of them has reached the server: accepted, and what it sent read
+        assert wait_until(lambda: _all_reached_the_server(server, 40, baseline), 10)
         timings = [_timed_health_and_execute(server) for _ in range(3)]
         print(f"\n40 stalled half requests: /health and execute took {timings} s")
         assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
@@ -69,6 +71,42 @@ def _connect(server: LiveServer) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
+def _server_side_connections(server: LiveServer) -> list[int]:
+    """The unread byte counts (rx_queue) of the server's ESTABLISHED sides of connections to it."""
+    port = int(server.url.rsplit(":", 1)[1])
+    unread = []
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                unread.append(int(fields[4].split(":")[1], 16))
+    return unread
+
+
+def _socket_fds(server: LiveServer) -> int:
+    """How many sockets the server's processes hold open (accepted connections among them)."""
+    count = 0
+    for pid in process_tree(server.proc.pid):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                count += fd.readlink().as_posix().startswith("socket:")
+            except OSError:
+                continue
+    return count
+
+
+def _all_reached_the_server(server: LiveServer, count: int, baseline_fds: int) -> bool:
+    """count connections are accepted by the server process and all they sent has been read."""
+    unread = _server_side_connections(server)
+    return (len(unread) >= count and not any(unread)
+            and _socket_fds(server) >= baseline_fds + count)
+
+
 def _read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
     started, answer = time.monotonic(), b""
     while chunk := sock.recv(4096):
@@ -80,8 +118,10 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
     # More stalled clients than threads: without a token, a request with an unread body is
     # refused and its connection closed, rather than drained for seconds on a thread.
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
+    stalled: list[socket.socket] = []
     try:
-        stalled = [_connect(server) for _ in range(40)]
+        for _ in range(40):
+            stalled.append(_connect(server))
         for sock in stalled:
             sock.sendall(HALF_REQUEST)
         for sock in stalled:
@@ -93,6 +133,8 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
         assert requests.get(server.url + "/health", timeout=10).ok
         assert time.monotonic() - started < 1
     finally:
+        for sock in stalled:
+            sock.close()
         server.stop()
 
 
@@ -114,14 +156,16 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     held = []
     try:
+        baseline = _socket_fds(server)
         for i in range(120):
             sock = _connect(server)
+            held.append(sock)  # the third kind sends nothing at all
             if i % 3 == 0:
                 sock.sendall(b"POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Ty")
             elif i % 3 == 1:
                 sock.sendall(b"GET /health HTTP/1.1\r\n")
-            held.append(sock)  # the third kind sends nothing at all
-        time.sleep(0.5)
+        # every one of them has reached the server: accepted, and what it sent read
+        assert wait_until(lambda: _all_reached_the_server(server, 120, baseline), 10)
         timings = [_timed_health_and_execute(server) for _ in range(3)]
         print(f"\n120 stalled connections, 4 threads: /health and execute took {timings} s")
         assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
@@ -157,7 +201,10 @@ def test_pipelined_requests_and_bodies_sent_with_their_headers_are_answered(live
     last = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     with _connect(live_server) as sock:
         sock.sendall(b"\r\n" + health + post + health[:10])  # the last one split mid-line
-        time.sleep(0.2)
+        # the first half of the split line has reached the server, and been read, before the
+        # rest is sent
+        assert wait_until(lambda: (unread := _server_side_connections(live_server)) != []
+                          and not any(unread), 10)
         sock.sendall(health[10:] + last)
         answer, _ = _read_until_closed(sock)
     assert answer.count(b"HTTP/1.1 200 OK") == 4, answer
@@ -169,22 +216,21 @@ def test_trickled_headers_are_cut_off_at_the_read_timeout_quietly(tmp_path: Path
     server = start_server(tmp_path, env={"KERNELSERVER_REQUEST_READ_TIMEOUT": "1",
                                          "KERNELSERVER_THREADS": "4"})
     try:
-        sock = _connect(server)
-        sock.sendall(b"GET /health HTTP/1.1\r\n")
-        sock.settimeout(0.2)
-        started, closed_at = time.monotonic(), None
-        while time.monotonic() - started < 5:
-            try:
-                sock.sendall(b"X")
-                if sock.recv(4096) == b"":
+        with _connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            sock.settimeout(0.2)
+            started, closed_at = time.monotonic(), None
+            while time.monotonic() - started < 5:
+                try:
+                    sock.sendall(b"X")
+                    if sock.recv(4096) == b"":
+                        closed_at = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
                     closed_at = time.monotonic() - started
                     break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed_at = time.monotonic() - started
-                break
-        sock.close()
         assert closed_at is not None and closed_at < 2, closed_at
         assert requests.get(server.url + "/health", timeout=10).ok
     finally:
@@ -200,9 +246,9 @@ def test_clients_that_hold_a_closed_connection_open_do_not_stall_others(tmp_path
     try:
         for _ in range(5):
             sock = _connect(server)
+            held.append(sock)  # read the answer, never close (until the test ends)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            held.append(sock)  # read the answer, never close
         with requests.Session() as session:
             for _ in range(5):
                 started = time.monotonic()
