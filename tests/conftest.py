@@ -105,3 +105,11 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
 def service(make_service: Callable[..., Service], backend: str) -> Service:
     """A service on the backend under test."""
     return make_service(backend=backend)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a real server (a fixture that starts one) is slow: the fast lane
+    (`-m 'not slow'`) runs the Flask-level tests only."""
+    for item in items:
+        if {"server", "live_server", "printing_server", "small"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -16,7 +16,7 @@ from kernelserver.subscriptions import NamespaceEvent
 from helpers import LiveServer, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
-ROUNDS = 300  # over the WebSocket
+ROUNDS = 150  # over the WebSocket (the old code failed 36-51 rounds of 300)
 WATCHERS = 10  # other clients of the kernel: the old code then failed 36-53 rounds of 300, alone ~1 in 1000
 
 

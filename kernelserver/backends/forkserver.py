@@ -108,7 +108,13 @@ def serve(fd: int) -> None:
     selector.register(wakeup_r, selectors.EVENT_READ, "wakeup")
 
     def send(message: dict[str, Any]) -> None:
-        sock.send(json.dumps(message).encode())
+        try:
+            sock.send(json.dumps(message).encode())
+        except OSError:
+            # The server closed us while we reaped or forked (it is stopping): as an EOF,
+            # nothing of any namespace stays, and quietly.
+            proctree.kill_descendants(os.getpid())
+            os._exit(0)
 
     while True:
         for key, _ in selector.select():
