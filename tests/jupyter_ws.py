@@ -10,6 +10,7 @@ import json
 import struct
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import websocket
@@ -59,6 +60,9 @@ class KernelClient:
             subprotocols=[V1] if v1 else None,
             # A script sends no Origin unless the test gives one (websocket-client would add its own).
             suppress_origin=True)
+        # Messages a request() read past that belong to other requests (a cell that ended
+        # while an interrupt_request waited for its idle): the next until() sees them first.
+        self._backlog: deque[dict[str, Any]] = deque()
 
     @property
     def subprotocol(self) -> str | None:
@@ -99,6 +103,10 @@ class KernelClient:
     def until(self, predicate: Any, timeout: float = 30) -> list[dict[str, Any]]:
         """Messages received up to and including the first one predicate accepts."""
         seen: list[dict[str, Any]] = []
+        while self._backlog:
+            seen.append(self._backlog.popleft())
+            if predicate(seen[-1]):
+                return seen
         deadline = time.monotonic() + timeout
         while True:
             message = self.recv(max(0.1, deadline - time.monotonic()))
@@ -117,6 +125,7 @@ class KernelClient:
         """Send a request; its reply and everything received until its idle."""
         header = self.send(msg_type, content, channel, **kwargs)
         seen = self.until_idle(header["msg_id"])
+        self._backlog.extend(m for m in seen if m["parent_header"].get("msg_id") != header["msg_id"])
         replies = [m for m in seen if m["channel"] == channel and m["parent_header"].get("msg_id")
                    == header["msg_id"] and m["msg_type"] != "status"]
         assert replies, f"no reply to {msg_type}: {[m['msg_type'] for m in seen]}"
