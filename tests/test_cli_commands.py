@@ -164,14 +164,19 @@ def test_attach_without_n_follows_the_running_cell(server: LiveServer, client: C
                            "history tick2` lists its cells, `kernelserver show tick2 N` prints one\n")
 
 
-def test_ctrl_c_detaches_and_the_cell_goes_on(server: LiveServer, client: Client) -> None:
-    n = start_ticker(client, "detach")
+def test_ctrl_c_detaches_and_the_cell_goes_on(server: LiveServer, client: Client, tmp_path: Path) -> None:
+    # The cell runs until the test lets it go: however slow the CLI is to start, it is still running.
+    go_on = tmp_path / "go-on"
+    code = (f"import os, time\nprint(0, flush=True)\ndeadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
+            f"    time.sleep(0.02)\nprint('let go')\n'done'")
+    n = int(client.namespace("detach").run(code, wait=0).execution_count)
     proc = subprocess.Popen([sys.executable, "-m", "kernelserver.cli", "attach", "detach", str(n)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_env(server))
     try:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
         assert ready and proc.stdout.readline() == "0\n"  # attached, and streaming
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
@@ -179,13 +184,15 @@ def test_ctrl_c_detaches_and_the_cell_goes_on(server: LiveServer, client: Client
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert err.endswith("kernelserver: detached; the cell is still running (kernelserver interrupt "
                         "detach stops it)\n")
     assert "Traceback" not in err
-    assert client.namespace("detach", create=False).wait_for(n, timeout=15).status == "ok"
+    assert client.namespace("detach", create=False).execution(n).status == "running"
+    go_on.touch()
+    assert client.namespace("detach", create=False).wait_for(n, timeout=30).status == "ok"
     shown = ks(server, "show", "detach", str(n))
-    assert (shown.returncode, shown.stdout) == (0, ticker_output(10))
+    assert (shown.returncode, shown.stdout) == (0, "0\nlet go\n'done'\n")
 
 
 def test_exec_json_prints_the_stream_as_ndjson(server: LiveServer) -> None:

@@ -317,6 +317,9 @@ class RayBackend:
                                          "name": None, "max_restarts": 0}
         if memory:
             actor_options["memory"] = memory
+        if not self.healthy():  # at once: waiting start_timeout for a head that is gone helps nobody
+            raise NamespaceUnavailable(f"namespace {namespace_id!r} was not placed: the cluster's "
+                                       "head does not answer (or has no live node)")
         actor = self._actor_class.options(**actor_options).remote(
             self.options, self.interrupt_grace, memory, num_cpus, num_gpus)
         try:
