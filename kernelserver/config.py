@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS
+from .backends.base import SYNTAXES
 
 MIB = 1024 * 1024
 MIN_MEMORY_LIMIT = 64 * MIB  # as backends.memory.MIN_LIMIT: a worker's interpreter needs ~30 MiB
@@ -130,6 +131,10 @@ SETTINGS: tuple[Setting, ...] = (
             "gets 408), so stalled clients cannot pin threads."),
     Setting("stream_keepalive", 10.0, float, "Seconds of silence after which a stream gets a "
             "keepalive event (proxies drop idle connections)."),
+    Setting("syntax", "ipython", str, "What cells are written in, unless a namespace asks: `ipython` "
+            "(magics, `!cmd`, `obj?`, In/Out, where IPython is installed; plain Python otherwise) "
+            "or `python` (plain Python, nothing added). The inprocess backend, one process for "
+            "all namespaces, gives IPython only to a namespace that asks for it."),
     Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "
             "(older ones are read from history)."),
     Setting("ray_address", "auto", str, "With the ray backend: the cluster to place namespaces "
@@ -182,6 +187,9 @@ def load_config(
     if config["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
                          f"not {config['backend']!r}")
+    if config["syntax"] not in SYNTAXES:
+        raise ValueError(f"syntax must be one of {', '.join(map(repr, SYNTAXES))}, "
+                         f"not {config['syntax']!r}")
     config["allowed_hosts"] = tuple(config["allowed_hosts"])
     config["allowed_origins"] = tuple(config["allowed_origins"])
     if config["max_websockets"] is None:

@@ -12,6 +12,7 @@ from .encoding import Text
 from .results import (
     FINISHED,
     Cell,
+    ClearEvent,
     DisplayEvent,
     Event,
     ExecutionResult,
@@ -141,9 +142,12 @@ class Execution:
         self.origin = origin
         self.stop_group: object = None  # see Namespace.submit
         self.status = "queued"
+        self._output_cap = output_cap
         self.stdout = OutputBuffer(output_cap)
         self.stderr = OutputBuffer(output_cap)
         self.displays: list[dict[str, Any]] = []
+        self._display_ids: list[str | None] = []  # beside displays: the id each was shown with
+        self._clear_pending = False  # clear_output(wait=True): clear when the next output comes
         self.outcome: Outcome | None = None
         self.submitted_at = utcnow_iso()
         self.started_at: str | None = None
@@ -177,27 +181,59 @@ class Execution:
         if self._hub is not None:
             self._hub.publish(self, event)
 
-    def _write(self, stream: str, buffer: OutputBuffer, text: str) -> None:
+    def _write(self, stream: str, text: str) -> None:
         with self._cond:
-            buffer.write(text)
+            if self._clear_pending:
+                self._clear()
+            (self.stdout if stream == "stdout" else self.stderr).write(text)
             listeners = list(self._listeners)
         if listeners or (self._hub is not None and self._hub.watchers):
             self._emit(listeners, OutputEvent(stream, text))  # type: ignore[arg-type]
 
     def write_stdout(self, text: str) -> None:
         """Record and broadcast stdout text."""
-        self._write("stdout", self.stdout, text)
+        self._write("stdout", text)
 
     def write_stderr(self, text: str) -> None:
         """Record and broadcast stderr text."""
-        self._write("stderr", self.stderr, text)
+        self._write("stderr", text)
 
-    def add_display(self, bundle: dict[str, Any]) -> None:
-        """Record and broadcast a display."""
+    def add_display(self, bundle: dict[str, Any], display_id: str | None = None,
+                    update: bool = False) -> None:
+        """Record and broadcast a display, or (update) new data for the displays shown with its id."""
         with self._cond:
-            self.displays.append(bundle)
+            if update:
+                # In place: the answer holds each display's last state. An id shown by an
+                # earlier cell changes nothing here; the event still goes to the clients.
+                for i, shown in enumerate(self._display_ids):
+                    if shown == display_id:
+                        self.displays[i] = bundle
+            else:
+                if self._clear_pending:
+                    self._clear()
+                self.displays.append(bundle)
+                self._display_ids.append(display_id)
             listeners = list(self._listeners)
-        self._emit(listeners, DisplayEvent(bundle))
+        self._emit(listeners, DisplayEvent(bundle, display_id, update))
+
+    def clear_output(self, wait: bool = False) -> None:
+        """The cell cleared its output: the answer keeps what comes after (with wait, from the
+        next output on, so a redrawn status never flickers empty)."""
+        with self._cond:
+            if wait:
+                self._clear_pending = True
+            else:
+                self._clear()
+            listeners = list(self._listeners)
+        self._emit(listeners, ClearEvent(wait))
+
+    def _clear(self) -> None:
+        """Under the lock: start the kept output afresh."""
+        self._clear_pending = False
+        self.stdout = OutputBuffer(self._output_cap)
+        self.stderr = OutputBuffer(self._output_cap)
+        self.displays = []
+        self._display_ids = []
 
     def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
         """The cell waits in input(): tell the subscribers; provide_input() answers it."""
@@ -333,14 +369,15 @@ class Execution:
                 if replay:
                     backlog += [OutputEvent(name, str(text)) for name, text  # type: ignore[arg-type]
                                 in (("stdout", final.stdout), ("stderr", final.stderr)) if text]
-                    backlog += [DisplayEvent(d) for d in final.result.displays]
+                    backlog += [DisplayEvent(d) for d in final.result.displays]  # ids not kept
                 return Subscription(self, None, [*backlog, ResultEvent(final)])
             if replay:
                 for name, buffer in (("stdout", self.stdout), ("stderr", self.stderr)):
                     text = buffer.getvalue()
                     if text:
                         backlog.append(OutputEvent(name, text))  # type: ignore[arg-type]
-                backlog.extend(DisplayEvent(d) for d in self.displays)
+                backlog.extend(DisplayEvent(d, i) for d, i in zip(self.displays, self._display_ids,
+                                                                  strict=True))
             self._listeners.append(listener)
         return Subscription(self, listener, backlog)
 

@@ -44,6 +44,7 @@ class Namespace:
         self.memory_limit: int = config.get("memory_limit", 0) if memory is None else memory
         cull = options.cull_idle_after
         self.cull_idle_after: float = config.get("cull_idle_after", 0.0) if cull is None else cull
+        self.syntax = options.syntax_in(config)
         self.created_at = utcnow_iso()
         self.last_activity = self.created_at
         self._active_at = time.monotonic()  # last_activity, on the clock idle culling reads
@@ -394,5 +395,5 @@ class Namespace:
             details=kernel.details() if kernel is not None else {},
             variables=(kernel.variables() if kernel is not None else []) if with_variables else None,
             memory_limit=self.memory_limit, cull_idle_after=self.cull_idle_after,
-            running=current.execution_count if current is not None else None,
+            syntax=self.syntax, running=current.execution_count if current is not None else None,
         )

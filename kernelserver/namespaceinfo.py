@@ -21,11 +21,13 @@ class NamespaceInfo:
     variables: list[dict[str, Any]] | None = None  # only when asked for
     memory_limit: int = 0  # bytes; 0 for none
     cull_idle_after: float = 0.0  # seconds; 0 never
+    syntax: str = "python"  # what its cells are written in: "ipython" or "python"
     running: int | None = None  # the execution_count of the cell running now
 
     def limits(self) -> dict[str, Any]:
-        """The namespace's limits as its JSON shows them."""
-        return {"memory_limit": self.memory_limit, "cull_idle_after": self.cull_idle_after}
+        """What the namespace was made with (its limits, its syntax) as its JSON shows them."""
+        return {"memory_limit": self.memory_limit, "cull_idle_after": self.cull_idle_after,
+                "syntax": self.syntax}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form pinned in DESIGN.md section 3, and its limits."""

@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from .backends.base import Backend, ExitReason, NamespaceOptions
@@ -67,6 +68,8 @@ class Registry:
         """
         validate_id(namespace_id)
         chosen = options or NamespaceOptions()
+        if chosen.syntax is None:  # decided here, so the namespace and its kernel agree
+            chosen = replace(chosen, syntax=self.backend.default_syntax or self.config["syntax"])
         with self._lock:
             namespace = self._namespaces.get(namespace_id)
             created = namespace is None

@@ -258,13 +258,35 @@ class OutputEvent:
 
 @dataclass(frozen=True)
 class DisplayEvent:
-    """One rich display (a MIME bundle), in its place among the printed text."""
+    """One rich display (a MIME bundle), in its place among the printed text.
+
+    With a display_id (IPython's display(x, display_id=True)) it can be replaced later: an
+    update carries the same id and new data for every display shown with it (Jupyter's
+    update_display_data), and adds no display of its own.
+    """
 
     data: dict[str, Any]
+    display_id: str | None = None
+    update: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """{"event": "display", "data": {...}}."""
-        return {"event": "display", "data": self.data}
+        """{"event": "display" | "update_display", "data": {...}[, "display_id": ...]}."""
+        found: dict[str, Any] = {"event": "update_display" if self.update else "display",
+                                 "data": self.data}
+        if self.display_id is not None:
+            found["display_id"] = self.display_id
+        return found
+
+
+@dataclass(frozen=True)
+class ClearEvent:
+    """The cell cleared its output (IPython's clear_output); with wait, once the next comes."""
+
+    wait: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "clear_output", "wait": ...}."""
+        return {"event": "clear_output", "wait": self.wait}
 
 
 @dataclass(frozen=True)
@@ -341,7 +363,7 @@ class InputRequestEvent:
         return {"event": "input_request", "prompt": self.prompt, "password": self.password}
 
 
-Event = (OutputEvent | DisplayEvent | ResultEvent | KeepaliveEvent | StreamErrorEvent
+Event = (OutputEvent | DisplayEvent | ClearEvent | ResultEvent | KeepaliveEvent | StreamErrorEvent
          | StartedEvent | StateEvent | InputRequestEvent)
 
 
@@ -350,8 +372,12 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     kind = data.get("event")
     if kind in ("stdout", "stderr"):
         return OutputEvent(kind, str(data["text"]))
-    if kind == "display":
-        return DisplayEvent(dict(data["data"]))
+    if kind in ("display", "update_display"):
+        display_id = data.get("display_id")
+        return DisplayEvent(dict(data["data"]), None if display_id is None else str(display_id),
+                            update=kind == "update_display")
+    if kind == "clear_output":
+        return ClearEvent(bool(data.get("wait")))
     if kind == "result":
         return ResultEvent(Finished.of(ExecutionResult.from_dict(data)))
     if kind == "keepalive":

@@ -70,11 +70,13 @@ def test_execution_count_increments_per_namespace(api: ApiClient) -> None:
     assert api.run("1")["execution_count"] == 1  # default namespace counts on its own
 
 
-def test_create_get_list_delete(api: ApiClient) -> None:
+def test_create_get_list_delete(api: ApiClient, backend: str) -> None:
     first = api.create("ns1")
     assert first.status_code == 201
+    # IPython syntax by default; the inprocess backend (one process, one IPython shell) only on request.
     assert first.get_json() == {"id": "ns1", "created": True, "envs": ["ns1"], "memory_limit": 0,
-                                "cull_idle_after": 0}
+                                "cull_idle_after": 0,
+                                "syntax": "python" if backend == "inprocess" else "ipython"}
     again = api.create("ns1")
     assert again.status_code == 200 and again.get_json()["created"] is False
     api.run("answer = 42", id="ns1")

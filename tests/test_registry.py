@@ -59,6 +59,7 @@ class SlowBackend:
     """Starts kernels only when the test lets it (or fails them), counting every start."""
 
     name: ClassVar[str] = "slow"
+    default_syntax: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.release = threading.Event()

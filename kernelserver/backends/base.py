@@ -28,8 +28,12 @@ class OutputSink(Protocol):
     def write_stderr(self, text: str) -> None:
         """Receive stderr text."""
 
-    def add_display(self, bundle: dict[str, Any]) -> None:
-        """Receive one display's MIME bundle."""
+    def add_display(self, bundle: dict[str, Any], display_id: str | None = None,
+                    update: bool = False) -> None:
+        """Receive one display's MIME bundle (update: new data for the displays shown with display_id)."""
+
+    def clear_output(self, wait: bool = False) -> None:
+        """The cell cleared its output; with wait, the clearing happens when the next output comes."""
 
     def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
         """The cell waits in input(): pass the line to reply() once the client gives it."""
@@ -49,12 +53,20 @@ class Resources:
                                   ("memory", self.memory)) if v is not None}
 
 
+SYNTAXES = ("ipython", "python")  # what a namespace's cells may be written in
+
+
 @dataclass(frozen=True)
 class NamespaceOptions:
     """Per-namespace options, handed to the backend with the id when it starts the kernel."""
 
     resources: Resources = field(default_factory=Resources)
     cull_idle_after: float | None = None  # seconds idle before it is deleted; 0 never
+    syntax: str | None = None  # "ipython" or "python"; None: the server's setting
+
+    def syntax_in(self, config: dict[str, Any]) -> str:
+        """The syntax this namespace's cells are written in, under the server's settings."""
+        return self.syntax or config.get("syntax", "python")
 
 
 def timeout_error(timeout: float | None, interrupted: ErrorInfo | None, killed_after: float | None = None
@@ -128,6 +140,7 @@ class Backend(Protocol):
     """Makes the kernels of one server; one instance per app, built from the server's settings."""
 
     name: ClassVar[str]
+    default_syntax: ClassVar[str | None]  # a namespace's syntax unless it asks; None: the setting
 
     def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> Kernel:
         """A started kernel for a new namespace (blocks until it can run a cell)."""

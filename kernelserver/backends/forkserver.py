@@ -331,6 +331,15 @@ def _main(argv: list[str]) -> None:
     except BaseException as exc:  # noqa: BLE001 - report to the server, which shows it
         _tell(sock, {"op": Op.FAILED, "error": f"{type(exc).__name__}: {exc}"})
         raise SystemExit(1) from None
+    try:
+        # IPython imported and a shell built once, here: each worker forked from now on makes
+        # its namespace's shell in about a millisecond. Without IPython this does nothing.
+        from kernelserver.runner import ipython
+
+        ipython.preload()
+    except Exception as exc:  # noqa: BLE001 - a broken IPython costs speed, not the server
+        print(f"kernelserver: IPython not preloaded ({type(exc).__name__}: {exc}); "
+              "namespaces load it themselves", file=sys.stderr)
     _tell(sock, {"op": Op.READY})
     sock.detach()
     serve(fd)

@@ -112,16 +112,26 @@ def _ask(sink: OutputSink, prompt: str, password: bool) -> str:
     return box[0]
 
 
+def ipython_shell_taken() -> bool:
+    """True when this process has an IPython shell already (IPython allows one)."""
+    if "IPython" not in sys.modules:
+        return False
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return bool(InteractiveShell.initialized())
+
+
 class InProcessKernel:
     """A namespace in the server process: an Executor run on the caller's (runner) thread."""
 
     runs_inline = False  # interrupts target the runner thread; user code must stay on it
 
-    def __init__(self, repr_limit: int) -> None:
+    def __init__(self, repr_limit: int, syntax: str = "python") -> None:
         install_routing()
         # This process must never open a plot window; figures come back as displays.
         os.environ.setdefault("MPLBACKEND", "module://kernelserver.runner.mpl_backend")
         self.repr_limit = repr_limit
+        self.syntax = syntax
         self._sink: OutputSink | None = None
         self._executor = self._new_executor()
         # Under _lock: the thread running cell _running (the only one an interrupt is raised
@@ -133,11 +143,18 @@ class InProcessKernel:
         self._early: int | None = None
 
     def _new_executor(self) -> Executor:
-        return Executor(repr_limit=self.repr_limit, on_display=self._display)
+        return Executor(repr_limit=self.repr_limit, on_display=self._display,
+                        syntax="ipython" if self.syntax == "ipython" else "python",
+                        on_clear=self._clear)
 
-    def _display(self, bundle: dict[str, Any]) -> None:
+    def _display(self, bundle: dict[str, Any], *, display_id: str | None = None,
+                 update: bool = False, metadata: dict[str, Any] | None = None) -> None:
         if self._sink is not None:
-            self._sink.add_display(bundle)
+            self._sink.add_display(bundle, display_id, update)
+
+    def _clear(self, wait: bool) -> None:
+        if self._sink is not None:
+            self._sink.clear_output(wait)
 
     def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run the cell on this thread with its output routed to sink."""
@@ -229,8 +246,8 @@ class InProcessKernel:
     def restart(self) -> None:
         """Drop the namespace dict for a fresh one."""
         self._interrupt_running()
-        old, self._executor = self._executor, self._new_executor()
-        old.close()
+        self._executor.close()  # first: its IPython shell is the process's one
+        self._executor = self._new_executor()
 
     def details(self) -> dict[str, Any]:
         """No process of its own: nothing to add."""
@@ -246,6 +263,9 @@ class InProcessBackend:
     """Makes InProcessKernels."""
 
     name: ClassVar[str] = "inprocess"
+    # Every namespace in the server's process, and IPython has one shell per process: a
+    # namespace gets IPython syntax only when it asks (the first alone could have it).
+    default_syntax: ClassVar[str | None] = "python"
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -275,7 +295,15 @@ class InProcessBackend:
             raise NamespaceUnavailable(
                 "the inprocess backend runs namespaces inside the server and cannot limit their "
                 "memory; use the process backend, or no memory_limit")
-        return InProcessKernel(self.config["repr_limit_bytes"])
+        # One process for every namespace, and IPython has one shell per process: only a
+        # namespace that asks gets it (the setting's default would give it to the first alone).
+        syntax = options.syntax or self.default_syntax or "python"
+        if syntax == "ipython" and ipython_shell_taken():
+            raise NamespaceUnavailable(
+                "the inprocess backend runs every namespace in the server's process, where IPython "
+                "allows one shell, and another namespace has it: create this one with syntax "
+                "'python', or use the process backend")
+        return InProcessKernel(self.config["repr_limit_bytes"], syntax)
 
     def close(self) -> None:
         """Nothing shared to release."""

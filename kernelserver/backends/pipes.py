@@ -117,6 +117,16 @@ class OutputPipe:
         return self._decoder.decode(held, final=True)
 
 
+def deliver_display(sink: OutputSink, message: dict[str, Any]) -> None:
+    """A worker's display message into the sink: a display, an update of one, or a clear."""
+    if "clear" in message:
+        sink.clear_output(bool(message["clear"]))
+    elif message.get("display_id") is not None:
+        sink.add_display(message["data"], str(message["display_id"]), bool(message.get("update")))
+    else:
+        sink.add_display(message["data"])
+
+
 class CellIO:
     """The server's side of one running cell: reads the pipes and the control socket, and puts
     text and displays into the sink in the order the cell produced them."""
@@ -144,9 +154,9 @@ class CellIO:
                     write("".join(pending))
                     pending.clear()
                     size = 0
-                bundle = self._display(item)
-                if bundle is not None:
-                    self.sink.add_display(bundle)
+                message = self._display(item)
+                if message is not None:
+                    deliver_display(self.sink, message)
                 continue
             if isinstance(item, str):
                 pieces: Iterable[str] = (item,)
@@ -173,6 +183,7 @@ class CellIO:
         self.flush_displays()
 
     def _display(self, seq: int) -> dict[str, Any] | None:
+        """The display message number seq (waiting briefly for it), or None."""
         # The worker sends a display's bundle before writing its marker: it is on its way.
         deadline = time.monotonic() + 5.0
         while seq not in self.displays and not self.closed and time.monotonic() < deadline:
@@ -198,7 +209,7 @@ class CellIO:
             return
         for message in self.worker.reader.feed(data):
             if message["op"] == Op.DISPLAY:
-                self.displays[int(message["seq"])] = message["data"]
+                self.displays[int(message["seq"])] = message
             elif message["op"] == Op.RESULT:
                 self.reply = message
             elif message["op"] == Op.INPUT_REQUEST:
@@ -247,4 +258,4 @@ class CellIO:
     def flush_displays(self) -> None:
         """Displays whose marker never came (the cell redirected fd 1): at the end, in order."""
         for seq in sorted(self.displays):
-            self.sink.add_display(self.displays.pop(seq))
+            deliver_display(self.sink, self.displays.pop(seq))

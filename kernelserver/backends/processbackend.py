@@ -18,6 +18,7 @@ class ProcessBackend:
     """Makes ProcessKernels, all forked from one fork server owned by this backend."""
 
     name: ClassVar[str] = "process"
+    default_syntax: ClassVar[str | None] = None  # the server's setting
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -79,8 +80,9 @@ class ProcessBackend:
             limit = self.config.get("memory_limit", 0)
         group = self.limits.group(namespace_id, limit) if limit else None
         try:
-            return ProcessKernel(self.live_forkserver, self.options, self.config["interrupt_grace"],
-                                 memory=group)
+            return ProcessKernel(self.live_forkserver,
+                                 {**self.options, "syntax": options.syntax_in(self.config)},
+                                 self.config["interrupt_grace"], memory=group)
         except BaseException:
             if group is not None:
                 group.close()

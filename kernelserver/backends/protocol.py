@@ -51,7 +51,8 @@ def marker(prefix: bytes, tag: bytes) -> bytes:
     """An in-band marker written into an output pipe: prefix, tag, NUL.
 
     The prefix is random per worker, so printed text never forges one. Tags: END (all of a
-    cell's output precedes this) and D<seq> (display number seq goes here, between the text).
+    cell's output precedes this) and D<seq> (display number seq goes here, between the text; a
+    display message carries data [display_id, update] or, for clear_output, clear: wait).
     """
     return prefix + tag + b"\x00"
 

@@ -29,8 +29,9 @@ BATCH_BYTES = 1 << 20  # text gathered into one streamed item at most
 BATCH_WAIT = 0.005  # seconds an item waits for more output to go with it
 IDLE_ITEM = 1.0  # seconds without output after which a heartbeat item goes (the driver's deadline)
 
-# What the actor streams for a cell: ("o", text), ("e", text), ("d", bundle), ("i", prompt,
-# password) for input(), ("h",) a heartbeat, and last ("r", outcome dict).
+# What the actor streams for a cell: ("o", text), ("e", text), ("d", bundle[, display_id,
+# update]), ("c", wait) for clear_output, ("i", prompt, password) for input(), ("h",) a
+# heartbeat, and last ("r", outcome dict).
 Item = tuple[Any, ...]
 
 
@@ -47,8 +48,12 @@ class _Sink:
     def write_stderr(self, text: str) -> None:
         self._items.put(("e", text))
 
-    def add_display(self, bundle: dict[str, Any]) -> None:
-        self._items.put(("d", bundle))
+    def add_display(self, bundle: dict[str, Any], display_id: str | None = None,
+                    update: bool = False) -> None:
+        self._items.put(("d", bundle) if display_id is None else ("d", bundle, display_id, update))
+
+    def clear_output(self, wait: bool = False) -> None:
+        self._items.put(("c", wait))
 
     def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
         self._actor.pending_input = reply

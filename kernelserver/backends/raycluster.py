@@ -179,7 +179,9 @@ class RayKernel:
                     elif kind == "e":
                         sink.write_stderr(item[1])
                     elif kind == "d":
-                        sink.add_display(item[1])
+                        sink.add_display(*item[1:])
+                    elif kind == "c":
+                        sink.clear_output(item[1])
                     elif kind == "i":
                         sink.request_input(item[1], item[2], self._answer_input)
                     elif kind == "r":
@@ -284,13 +286,14 @@ class RayBackend:
     """Namespaces as Ray actors on an existing cluster (setting ray_address)."""
 
     name: ClassVar[str] = "ray"
+    default_syntax: ClassVar[str | None] = None  # the server's setting
 
     def __init__(self, config: dict[str, Any]) -> None:
         ray = _import_ray()
         self.config = config
         self.options = {"repr_limit": config["repr_limit_bytes"]}
-        self.interrupt_grace = float(config["interrupt_grace"])
-        self.start_timeout = float(config["start_timeout"])
+        self.interrupt_grace, self.start_timeout = (float(config["interrupt_grace"]),
+                                                    float(config["start_timeout"]))
         address = config.get("ray_address") or "auto"
         with _python_keeps_signals():
             ray.init(address=address, namespace="kernelserver", logging_level=logging.WARNING,
@@ -302,26 +305,23 @@ class RayBackend:
         log.info("ray backend: connected to %s", address)
 
     def validate(self, options: NamespaceOptions) -> None:
-        """Ray places by CPUs, GPUs and memory: every request is valid (what no node has room
-        for waits, up to start_timeout)."""
+        """Every request is valid: what no node has room for waits, up to start_timeout."""
 
     def place(self, namespace_id: str, options: NamespaceOptions) -> tuple[Any, dict[str, Any]]:
         """A new actor for the namespace, started on a node with room for it (bounded wait)."""
         ray = _ray
-        resources = options.resources
-        memory = resources.memory if resources.memory is not None else self.config.get("memory_limit", 0)
-        num_cpus = resources.num_cpus
-        num_gpus = resources.num_gpus
-        actor_options: dict[str, Any] = {"num_cpus": num_cpus if num_cpus is not None else 0,
-                                         "num_gpus": num_gpus or 0,
-                                         "name": None, "max_restarts": 0}
-        if memory:
-            actor_options["memory"] = memory
+        num_cpus, num_gpus, memory = options.resources.num_cpus, options.resources.num_gpus, (
+            options.resources.memory if options.resources.memory is not None
+            else self.config.get("memory_limit", 0))
+        actor_options: dict[str, Any] = {"num_cpus": num_cpus or 0, "num_gpus": num_gpus or 0,
+                                         "name": None, "max_restarts": 0,
+                                         **({"memory": memory} if memory else {})}
         if not self.healthy():  # at once: waiting start_timeout for a head that is gone helps nobody
             raise NamespaceUnavailable(f"namespace {namespace_id!r} was not placed: the cluster's "
                                        "head does not answer (or has no live node)")
         actor = self._actor_class.options(**actor_options).remote(
-            self.options, self.interrupt_grace, memory, num_cpus, num_gpus)
+            {**self.options, "syntax": options.syntax_in(self.config)}, self.interrupt_grace, memory,
+            num_cpus, num_gpus)
         try:
             where = ray.get(actor.ready.remote(), timeout=self.start_timeout)
         except ray.exceptions.GetTimeoutError:
@@ -396,8 +396,5 @@ def _free(ray: Any) -> str | None:
             lambda: (ray.available_resources(), ray.cluster_resources()), 1.0, "resources"))
     except Exception:
         return None
-    shown = []
-    for key in ("GPU", "CPU"):
-        if key in total:
-            shown.append(f"{free.get(key, 0):g} of {total[key]:g} {key}")
+    shown = [f"{free.get(key, 0):g} of {total[key]:g} {key}" for key in ("GPU", "CPU") if key in total]
     return ", ".join(shown) or "nothing"

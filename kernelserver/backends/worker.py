@@ -291,14 +291,25 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     send_lock = threading.Lock()
     display_seq = 0
 
-    def on_display(bundle: dict[str, Any]) -> None:
+    def place(message: dict[str, Any]) -> None:
+        """A display (or a clear) sent, and its place among the printed text marked."""
         nonlocal display_seq
         _flush_all()  # text printed before the display goes into the pipe first
         display_seq += 1
         with send_lock:
-            protocol.send(ctl, {"op": Op.DISPLAY, "seq": display_seq, "data": bundle})
+            protocol.send(ctl, {"op": Op.DISPLAY, "seq": display_seq, **message})
         # Its place among the printed text: the server emits the display when it reads this.
         os.write(out_pipe, protocol.marker(prefix, b"D%d" % display_seq))
+
+    def on_display(bundle: dict[str, Any], *, display_id: str | None = None, update: bool = False,
+                   metadata: dict[str, Any] | None = None) -> None:
+        if display_id is None:
+            place({"data": bundle})
+        else:
+            place({"data": bundle, "display_id": display_id, "update": update})
+
+    def on_clear(wait: bool) -> None:
+        place({"clear": wait})
 
     inbox = _Inbox(ctl)
     input_seq = 0
@@ -318,7 +329,8 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
             # Anything else (a late reply to an interrupted input()) is not for this prompt.
 
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
-                        on_display=on_display)
+                        on_display=on_display, syntax=options.get("syntax", "python"),
+                        on_clear=on_clear)
     getpass.getpass = executor.getpass  # as ipykernel does
     interruptible = Interruptible()
     signal.signal(signal.SIGINT, interruptible.handler)

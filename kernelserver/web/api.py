@@ -8,13 +8,14 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from ..backends.base import NamespaceOptions
+from ..backends.base import SYNTAXES, NamespaceOptions
 from ..errors import ServerUnavailable
 from ..results import Cell
 from . import requestlog
 from .params import (
     current_service,
     field_bool,
+    field_choice,
     field_code,
     field_float,
     field_int,
@@ -48,7 +49,8 @@ def env_create() -> Response:
     data = params()
     namespace_id = namespace_of(data)
     options = NamespaceOptions(field_resources(data),
-                               cull_idle_after=field_float(data, "cull_idle_after"))
+                               cull_idle_after=field_float(data, "cull_idle_after"),
+                               syntax=field_choice(data, "syntax", SYNTAXES))
     service = current_service()
     created = service.create(namespace_id, options)
     # An existing namespace keeps the limits it was made with: the answer says which.

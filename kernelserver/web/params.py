@@ -131,6 +131,17 @@ def field_str(data: Mapping[str, Any], name: str, default: str | None = None) ->
     return value
 
 
+def field_choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    """An optional string field that must be one of choices."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if value not in choices:
+        raise BadRequest(f"field {name!r} must be one of {', '.join(map(repr, choices))}, "
+                         f"not {shown(value)}")
+    return str(value)
+
+
 def field_float(data: Mapping[str, Any], name: str) -> float | None:
     """An optional non-negative number (forms send it as text)."""
     value = data.get(name)

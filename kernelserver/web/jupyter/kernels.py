@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import NamespaceNotFound, TooManyWebSockets
 from ...execution import Execution
-from ...results import DisplayEvent, InputRequestEvent, OutputEvent, ResultEvent, StartedEvent, StateEvent
+from ...results import (
+    ClearEvent,
+    DisplayEvent,
+    InputRequestEvent,
+    OutputEvent,
+    ResultEvent,
+    StartedEvent,
+    StateEvent,
+)
 from ...service import Service
 from ...subscriptions import NamespaceEvent
 from . import replies
@@ -244,8 +252,13 @@ class JupyterKernel:
                 self.broadcast(self.iopub("stream", {"name": event.stream, "text": event.text}, parent))
         elif isinstance(event, DisplayEvent):
             if not quiet:
-                self.broadcast(self.iopub("display_data", {
-                    "data": event.data, "metadata": {}, "transient": {}}, parent))
+                transient = {} if event.display_id is None else {"display_id": event.display_id}
+                self.broadcast(self.iopub("update_display_data" if event.update else "display_data",
+                                          {"data": event.data, "metadata": {},
+                                           "transient": transient}, parent))
+        elif isinstance(event, ClearEvent):
+            if not quiet:
+                self.broadcast(self.iopub("clear_output", {"wait": event.wait}, parent))
         elif isinstance(event, InputRequestEvent):
             if origin is not None:
                 request = Message("stdin", new_header("input_request", self.session),
