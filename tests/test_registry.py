@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -221,7 +222,8 @@ def test_options_reach_the_backend(slow: SlowBackend) -> None:
     slow.release.set()
     options = NamespaceOptions(Resources(num_gpus=1, num_cpus=4, memory=16 << 30))
     registry.create("placed", options)
-    assert slow.starts == [("placed", options)]
-    registry.create("plain")
-    assert slow.starts[1] == ("plain", NamespaceOptions())
+    # The syntax is decided before the start: the server's setting unless the namespace asked.
+    assert slow.starts == [("placed", replace(options, syntax="ipython"))]
+    registry.create("plain", NamespaceOptions(syntax="python"))
+    assert slow.starts[1] == ("plain", NamespaceOptions(syntax="python"))
     registry.close()
