@@ -125,13 +125,14 @@ class Client:
 
     def namespace(self, namespace_id: str = "default", create: bool = True, *,
                   num_gpus: float | None = None, num_cpus: float | None = None,
-                  memory: int | str | None = None, cull_idle_after: float | None = None
-                  ) -> Namespace:
+                  memory: int | str | None = None, cull_idle_after: float | None = None,
+                  syntax: str | None = None) -> Namespace:
         """A handle on a namespace, created on the server unless create is False.
 
         num_gpus and num_cpus place it on a node with them free (ray backend); memory ('16G')
-        is its memory limit; cull_idle_after deletes it after that many idle seconds. A namespace
-        that exists keeps what it was made with."""
+        is its memory limit; cull_idle_after deletes it after that many idle seconds; syntax
+        "python" runs plain Python where the server's default is IPython's. A namespace that
+        exists keeps what it was made with."""
         if create:
             body: dict[str, Any] = {"id": namespace_id}
             resources = {k: v for k, v in (("num_gpus", num_gpus), ("num_cpus", num_cpus),
@@ -140,6 +141,8 @@ class Client:
                 body["resources"] = resources
             if cull_idle_after is not None:
                 body["cull_idle_after"] = cull_idle_after
+            if syntax is not None:
+                body["syntax"] = syntax
             self._json("POST", "/env/create", json_body=body, timeout=self.slow_timeout)
         return Namespace(self, namespace_id)
 

@@ -42,8 +42,8 @@ class ApiClient:
         data: dict[str, Any] = response.get_json()
         return data
 
-    def create(self, id: str) -> Any:
-        return self.post("/env/create", json={"id": id})
+    def create(self, id: str, **options: Any) -> Any:
+        return self.post("/env/create", json={"id": id, **options})
 
     def latest(self, id: str = "default") -> dict[str, Any]:
         """The newest execution of namespace id as /env/execution shows it ({} while none)."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -22,11 +23,31 @@ pytestmark = pytest.mark.slow
 JS = Path(__file__).resolve().parent / "js"
 
 
+# Cells in IPython syntax as a notebook has them, each with what a Jupyter front end must be sent.
+MARKDOWN_CELL = 'from IPython.display import display, Markdown; display(Markdown("**b**"))'
+SHELL_CELL = "!echo hi"
+UPDATE_CELL = 'h = display("one", display_id=True); h.update("two")'
+Outputs = list[tuple[str, dict[str, Any]]]  # a cell's output messages: (msg_type, content), in order
+
+
 @pytest.fixture
 def jupyter_server(server: LiveServer, tmp_path: Path) -> Iterator[str]:
     """A real jupyter_server whose kernels live in kernelserver (`--gateway-url`)."""
     with jupyter_gateway(tmp_path, server.url, server.token, "js-token") as url:
         yield url
+
+
+def assert_ipython_outputs(markdown: Outputs, shell: Outputs, update: Outputs) -> None:
+    """The outputs of MARKDOWN_CELL, SHELL_CELL and UPDATE_CELL are what JupyterLab renders:
+    markdown, the command's stdout, one display replaced in place."""
+    shown_markdown = [(t, c.get("data", {}).get("text/markdown")) for t, c in markdown]
+    assert shown_markdown == [("display_data", "**b**")], markdown
+    assert [(t, c["name"], c["text"]) for t, c in shell] == [("stream", "stdout", "hi\n")], shell
+    assert [t for t, _ in update] == ["display_data", "update_display_data"], update
+    (_, shown), (_, updated) = update
+    display_id = shown["transient"]["display_id"]
+    assert display_id and updated["transient"] == {"display_id": display_id}
+    assert shown["data"]["text/plain"] == "'one'" and updated["data"]["text/plain"] == "'two'"
 
 
 def test_jupyter_server_runs_cells_in_kernelserver_through_gateway_url(server: LiveServer,
@@ -50,6 +71,14 @@ def test_jupyter_server_runs_cells_in_kernelserver_through_gateway_url(server: L
     info = requests.post(server.url + "/env/get", json={"id": kernel_id}, headers=server.headers,
                          timeout=10).json()
     assert info["pid"] == pid  # the cell ran in the namespace's worker
+    # IPython syntax and display updates come through jupyter_server's relay as they left kernelserver.
+    outputs = {}
+    for name, code in [("markdown", MARKDOWN_CELL), ("shell", SHELL_CELL), ("update", UPDATE_CELL)]:
+        reply, seen = client.execute(code)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        outputs[name] = [(m["msg_type"], m["content"]) for m in seen if m["msg_type"] in
+                         ("stream", "display_data", "update_display_data", "execute_result", "error")]
+    assert_ipython_outputs(**outputs)
     client.close()
     listed = requests.get(jupyter_server + "/api/kernels", headers=headers, timeout=30).json()
     assert [k["id"] for k in listed] == [kernel_id]
@@ -74,21 +103,48 @@ def _lab_client_missing() -> str | None:
     return None
 
 
-def test_jupyterlab_services_starts_a_kernel_and_runs_cells(server: LiveServer) -> None:
+def lab_client(base_url: str, token: str, *args: str) -> dict[str, Any]:
+    """The report of tests/js/lab_client.js run against base_url (skips where Node is missing)."""
     missing = _lab_client_missing()
     if missing:
         pytest.skip(missing)
-    done = subprocess.run(["node", str(JS / "lab_client.js"), server.url, server.token],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["node", str(JS / "lab_client.js"), base_url, token, *args],
+                          capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    report = json.loads(next(line for line in done.stdout.splitlines()
-                             if line.startswith("REPORT "))[len("REPORT "):])
+    report: dict[str, Any] = json.loads(next(line for line in done.stdout.splitlines()
+                                             if line.startswith("REPORT "))[len("REPORT "):])
+    return report
+
+
+def assert_lab_ipython_report(ipython: dict[str, Any]) -> None:
+    """lab_client.js's report.ipython: each cell ran ok and sent what assert_ipython_outputs expects."""
+    for name, cell in ipython.items():
+        assert (cell["status"], cell["ename"]) == ("ok", None), (name, cell)
+    assert_ipython_outputs(**{name: [(m["type"], m["content"]) for m in cell["messages"]]
+                              for name, cell in ipython.items()})
+
+
+def test_jupyterlab_services_starts_a_kernel_and_runs_cells(server: LiveServer) -> None:
+    report = lab_client(server.url, server.token)
     assert report["info"] == {"protocol": "5.3", "language": "python", "implementation": "kernelserver"}
     assert report["first"] == {"status": "ok", "ename": None, "outputs": [
         ["stream", "hello from lab\n"], ["display", "'shown'"], ["result", "42"]]}
     assert report["failing"]["status"] == "error" and report["failing"]["ename"] == "ZeroDivisionError"
     assert report["afterRestart"]["ename"] == "NameError"  # restarted empty
     assert report["interrupted"]["ename"] == "KeyboardInterrupt"
+    assert report["interrupted"]["outputs"][0] == ["stream", "sleeping\n"]
+    assert_lab_ipython_report(report["ipython"])
+    assert report["listedAfterShutdown"] == 0
+    namespaces = requests.get(server.url + "/env/list", headers=server.headers, timeout=10).json()
+    assert report["id"] not in [ns["id"] for ns in namespaces["envs"]]
+
+
+def test_jupyterlab_services_through_jupyter_server_gets_ipython_outputs(server: LiveServer,
+                                                                         jupyter_server: str) -> None:
+    # JupyterLab's whole chain short of the page: its client library -> jupyter_server -> kernelserver.
+    report = lab_client(jupyter_server, "js-token", "--ipython-only")
+    assert report["info"]["implementation"] == "kernelserver"
+    assert_lab_ipython_report(report["ipython"])
     assert report["listedAfterShutdown"] == 0
     namespaces = requests.get(server.url + "/env/list", headers=server.headers, timeout=10).json()
     assert report["id"] not in [ns["id"] for ns in namespaces["envs"]]

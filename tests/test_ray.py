@@ -94,6 +94,17 @@ def test_cells_run_on_the_cluster_and_keep_their_state(server: LiveServer) -> No
     assert [row["execution_count"] for row in history] == [1, 2]
 
 
+def test_ipython_syntax_and_display_updates_on_the_node(server: LiveServer) -> None:
+    post(server, "/env/create", {"id": "ipy"})
+    answer = run(server, "ipy", "!echo from the node\nh = display('one', display_id=True)\n"
+                                "h.update('two')\nfrom IPython.display import clear_output\n"
+                                "display('cleared')\nclear_output(wait=True)\nprint('last')")
+    assert answer["status"] == "ok", answer
+    assert (answer["stdout"], answer["displays"]) == ("last\n", []), answer
+    answer = run(server, "ipy", "!echo again\nh = display('one', display_id=True)\nh.update('two')")
+    assert (answer["stdout"], answer["displays"]) == ("again\n", [{"text/plain": "'two'"}]), answer
+
+
 def test_output_streams_live(server: LiveServer) -> None:
     post(server, "/env/create", {"id": "stream"})
     code = "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')"
