@@ -95,6 +95,7 @@ class ZMQInteractiveShell(InteractiveShell):
         self._ks_on_clear = on_clear
         self._ks_repr_limit = repr_limit
         self._ks_info: Any = None
+        self._ks_source = ("", "")  # the running cell's source, as typed and as run
         self._ks_inputs = ("", "", "")  # the raw inputs of the last three cells: _i, _ii, _iii
         self._ks_closed = False
         self._ks_saved = process_state()
@@ -114,6 +115,20 @@ class ZMQInteractiveShell(InteractiveShell):
         cast(Any, self.history_manager).dir_hist[:] = [os.getcwd()]
         self.Completer.namespace = self.user_ns
         self.Completer.global_namespace = self.user_global_ns
+        # What every cell reads, kept out of traitlets: each trait read is ~1 us, a set with
+        # its notification ~10 us, and a plain cell must pay nothing measurable (issue 24).
+        self._ks_ns, self._ks_hidden = self.user_ns, self.user_ns_hidden
+        self._ks_history = cast(Any, self.history_manager)
+        self._ks_hook = cast(Any, self.displayhook)
+        self._ks_callbacks = cast(Any, self.events).callbacks
+        self._ks_traits = cast(Any, self)._trait_values
+        # IPython's own listeners on every cell, done inline by begin_cell/end_cell instead
+        # (with them an event is dispatched each cell; without, only an extension's are).
+        for event, own in (("pre_execute", self._clear_warning_registry),
+                           ("pre_execute", cast(Any, self.display_pub)._on_pre_execute),
+                           ("post_execute", cast(Any, self.display_pub)._on_post_execute)):
+            if own in self._ks_callbacks[event]:
+                cast(Any, self.events).unregister(event, own)
         # get_ipython, a builtin for library code, for the life of the shell: IPython traps
         # it in around each cell (7 us a cell), and a library's thread between cells would
         # not find it.
@@ -171,8 +186,9 @@ class ZMQInteractiveShell(InteractiveShell):
     def begin_cell(self, source: str, code: str, execution_count: int) -> None:
         """Before the cell runs: In[n], the execution count, the pre_* events."""
         # IPython counts the running cell as done (run_cell_async), so Out[n] is this cell.
-        self.execution_count = execution_count + 1
-        history = cast(Any, self.history_manager)  # made in __init__, never None here
+        # Straight into the trait's value: nothing observes it, and notifying costs ~10 us.
+        self._ks_traits["execution_count"] = execution_count + 1
+        history = self._ks_history
         parsed, raw = history.input_hist_parsed, history.input_hist_raw
         # In[n] is the n-th entry: counts this shell never saw (python-syntax cells, cells
         # of an earlier worker) are empty, so In[3] is still cell 3.
@@ -187,28 +203,32 @@ class ZMQInteractiveShell(InteractiveShell):
         last = self._ks_inputs
         names = {"_i": last[0], "_ii": last[1], "_iii": last[2], f"_i{execution_count}": source}
         self._ks_inputs = (source, last[0], last[1])
-        self.user_ns.update(names)
-        self.user_ns_hidden.update(names)
-        self._ks_info = ExecutionInfo(source, True, False, True, None,
-                                      transformed_cell=code)
+        self._ks_ns.update(names)
+        self._ks_hidden.update(names)
+        self._ks_ns.pop("__warningregistry__", None)  # InteractiveShell._clear_warning_registry
+        cast(Any, self.display_pub)._in_post_execute = False  # DisplayPublisher._on_pre_execute
+        self._ks_source = (source, code)
+        self._ks_info = None
         self._trigger("pre_execute")
-        self._trigger("pre_run_cell", self._ks_info)
+        if self._ks_callbacks["pre_run_cell"]:
+            self._ks_info = ExecutionInfo(source, True, False, True, None, transformed_cell=code)
+            self.events.trigger("pre_run_cell", self._ks_info)
 
     def _trigger(self, event: str, *args: Any) -> None:
         # Most cells have no listener for most events: skip the dispatch (1-2 us each).
-        if self.events.callbacks[event]:
+        if self._ks_callbacks[event]:
             self.events.trigger(event, *args)
 
     def store_result(self, value: Any) -> bool:
         """Out[n], _, __, ___, _n for the cell's value; False when a trailing ';' hides it."""
-        hook = self.displayhook
+        hook = self._ks_hook
         hook.check_for_underscore()
-        history = cast(Any, self.history_manager)
+        history = self._ks_history
         # quiet() tokenizes the cell (20 us): only a cell with a ';' can end in one.
         if value is None or (";" in history.input_hist_parsed[-1] and hook.quiet()):
             return False
         # DisplayHook.update_user_ns, step for step, less its ~20 trait reads (15 us a cell).
-        ns, hidden = self.user_ns, self.user_ns_hidden
+        ns, hidden = self._ks_ns, self._ks_hidden
         out = ns.get("_oh", history.output_hist)
         if not hook.cache_size or value is out:
             return True
@@ -226,18 +246,21 @@ class ZMQInteractiveShell(InteractiveShell):
             ns.update(unders)
             hidden.update(unders)
         if hook.do_full_cache:
-            count = self.execution_count - 1
+            count = self._ks_traits["execution_count"] - 1
             ns[f"_{count}"] = hidden[f"_{count}"] = out[count] = value
         return True
 
     def end_cell(self, error: BaseException | None = None) -> None:
         """After the cell: the post_* events (autoreload, matplotlib's draw)."""
-        result = ExecutionResult(self._ks_info or ExecutionInfo("", True, False, True, None))
-        result.execution_count = self.execution_count - 1
+        info = self._ks_info or ExecutionInfo(self._ks_source[0], True, False, True, None,
+                                              transformed_cell=self._ks_source[1])
+        result = ExecutionResult(info)
+        result.execution_count = self._ks_traits["execution_count"] - 1
         result.error_in_exec = error
-        if self.last_execution_succeeded != (error is None):
-            self.last_execution_succeeded = error is None
-        self.last_execution_result = result
+        traits = self._ks_traits  # as for execution_count: set without notifying, nobody observes
+        traits["last_execution_succeeded"] = error is None
+        traits["last_execution_result"] = result
+        cast(Any, self.display_pub)._in_post_execute = True  # DisplayPublisher._on_post_execute
         self._trigger("post_execute")
         self._trigger("post_run_cell", result)
 
