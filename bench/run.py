@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import channels  # noqa: E402
 import concurrency  # noqa: E402
+import memory  # noqa: E402
 import output  # noqa: E402
 import roundtrip  # noqa: E402
 import startup  # noqa: E402
@@ -24,16 +25,16 @@ from common import machine  # noqa: E402
 
 FULL = {"roundtrip": {"rounds": 10, "batch": 200}, "channels": {"rounds": 10, "batch": 200},
         "startup": {"rounds": 10}, "output": {"megabytes": 50.0, "rounds": 3},
-        "concurrency": {"rounds": 5, "seconds": 2.0}}
+        "concurrency": {"rounds": 5, "seconds": 2.0}, "memory": {"namespaces": 10}}
 SMOKE = {"roundtrip": {"rounds": 2, "batch": 10}, "channels": {"rounds": 1, "batch": 5},
          "startup": {"rounds": 1}, "output": {"megabytes": 1.0, "rounds": 1},
-         "concurrency": {"rounds": 1, "seconds": 0.3}}
+         "concurrency": {"rounds": 1, "seconds": 0.3}, "memory": {"namespaces": 1}}
 
 
 def table(results: dict[str, Any]) -> str:
     """The markdown table: each measure, the figures side by side, the ratio and its target."""
-    rt, ch, st, out, cc = (results[k] for k in ("roundtrip", "channels", "startup", "output",
-                                                "concurrency"))
+    rt, ch, st, out, cc, mem = (results[k] for k in ("roundtrip", "channels", "startup", "output",
+                                                     "concurrency", "memory"))
     ws = ch["median_ms"]
     rows = [
         ("execute `1+1` p50", f"{rt['median_ms']['kernelserver']:.2f} ms",
@@ -59,6 +60,11 @@ def table(results: dict[str, Any]) -> str:
         ("4 clients, distinct namespaces", f"{cc['median_requests_per_s']['kernelserver']:.0f} req/s",
          f"floor {cc['median_requests_per_s']['floor']:.0f} req/s", f"{cc['vs_floor']:.2f}× the floor",
          "(reported)", True),
+        ("idle namespace's memory (PSS), IPython syntax", f"{mem['median_pss_mib']['ipython']:.1f} MiB",
+         f"idle ipykernel {mem['median_pss_mib']['ipykernel']:.1f} MiB; plain-Python namespace "
+         f"{mem['median_pss_mib']['python']:.1f} MiB",
+         f"1/{mem['ipython_namespaces_per_ipykernel']:.1f}", "≤ 8 MiB",
+         mem["median_pss_mib"]["ipython"] <= 8),
     ]
     lines = ["| measure | kernelserver | compared with | ratio | target | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {m} | {k} | {c} | {r} | {t} | {'yes' if ok else 'no'} |" for m, k, c, r, t, ok in rows]
@@ -75,7 +81,7 @@ def main() -> None:
     started = time.monotonic()
     results: dict[str, Any] = {}
     for name, module in (("roundtrip", roundtrip), ("channels", channels), ("startup", startup),
-                         ("output", output), ("concurrency", concurrency)):
+                         ("output", output), ("concurrency", concurrency), ("memory", memory)):
         print(f"running {name} {sizes[name]} ...", file=sys.stderr, flush=True)
         results[name] = module.run(**sizes[name])  # type: ignore[attr-defined]
     results["machine"] = machine()

@@ -20,7 +20,7 @@ def test_bench_smoke_runs_every_benchmark_and_prints_the_table(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| execute `1+1` p50 |" in done.stdout
     for measure in ("jupyter_client", "Jupyter WebSocket", "Kernel Gateway", "namespace ready",
-                    "streamed", "buffered", "4 clients"):
+                    "streamed", "buffered", "4 clients", "idle namespace's memory (PSS)"):
         assert measure in done.stdout
     assert '"roundtrip"' in raw.read_text()
 
