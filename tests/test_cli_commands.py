@@ -171,9 +171,12 @@ def test_ctrl_c_detaches_and_the_cell_goes_on(server: LiveServer, client: Client
             f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
             f"    time.sleep(0.02)\nprint('let go')\n'done'")
     n = int(client.namespace("detach").run(code, wait=0).execution_count)
+    # As from a terminal: SIGINT not ignored, even when this suite runs as a background job
+    # (a non-interactive shell's `cmd &` ignores it, and children inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "kernelserver.cli", "attach", "detach", str(n)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(server))
+                            env=cli_env(server),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
