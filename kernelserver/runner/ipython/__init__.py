@@ -117,7 +117,8 @@ def _build() -> ZMQInteractiveShell:
     """A shell bound to no namespace, with none of its process-wide effects left in place."""
     from traitlets.config import Config
 
-    from .shell import ZMQInteractiveShell, process_state, restore_process_state
+    from .procstate import process_state, restore_process_state
+    from .shell import ZMQInteractiveShell
 
     config = Config()
     # No SQLite file and no saving thread: kernelserver keeps a namespace's history itself.

@@ -33,6 +33,7 @@ from .commands import run_command, shell_program, write_to
 from .displays import KernelDisplayHook, KernelDisplayPublisher, encoded, figure_png, page
 from .frames import strip_ipython_frames
 from .magics import CleanUsageError, KernelScriptMagics
+from .procstate import process_state, restore_process_state
 from .syntax import transform_with, uses_ipython_syntax
 
 if TYPE_CHECKING:
@@ -50,26 +51,6 @@ class _Exit:
 
     def __call__(self, code: object = None) -> None:
         raise SystemExit(code)
-
-
-def process_state() -> dict[str, Any]:
-    """What InteractiveShell.__init__ changes in the process: builtins and the prompts in sys."""
-    state = {f"builtins.{name}": getattr(builtins, name)
-             for name in ("display", "__IPYTHON__") if hasattr(builtins, name)}
-    state.update({f"sys.{name}": getattr(sys, name)
-                  for name in ("ps1", "ps2", "ps3") if hasattr(sys, name)})
-    return state
-
-
-def restore_process_state(state: dict[str, Any]) -> None:
-    """Put back what process_state saw."""
-    for owner, name in ((builtins, "display"), (builtins, "__IPYTHON__"), (sys, "ps1"),
-                        (sys, "ps2"), (sys, "ps3")):
-        key = f"{owner.__name__}.{name}"
-        if key in state:
-            setattr(owner, name, state[key])
-        elif hasattr(owner, name):
-            delattr(owner, name)
 
 
 class ZMQInteractiveShell(InteractiveShell):

@@ -18,7 +18,8 @@ from ...runner import introspect
 from ...service import Service
 from ..websocket import TRY_AGAIN_LATER, ConnectionClosed, WebSocket
 from . import replies
-from .kernels import OFFLINE_BYTES, JupyterKernel, JupyterOrigin, Kernels, Slot
+from .kernels import JupyterKernel, JupyterOrigin, Kernels, Slot
+from .offline import OFFLINE_BYTES
 from .wire import Message, Pending, WireError, new_header, parse, reply, serialize, weight
 
 log = logging.getLogger("kernelserver.web.jupyter")
@@ -342,11 +343,12 @@ class Connection:
         restart = bool(message.content.get("restart", False))
         content = {"status": "ok", "restart": restart}
         self._answer(message, "shutdown_reply", content)
-        if self.kernel is not None:
-            self.kernel.broadcast(reply(message, "shutdown_reply", content, self._session(), "iopub"))
+        if self.kernel is None:
+            return
         if restart:
-            self.service.restart(self.kernel_id)
+            self.kernel.restart(message)  # which says shutdown_reply on iopub, as ipykernel
         else:
+            self.kernel.broadcast(reply(message, "shutdown_reply", content, self._session(), "iopub"))
             self.service.delete(self.kernel_id)  # the relay says dead and closes every socket
 
     def _input_reply(self, message: Message) -> None:

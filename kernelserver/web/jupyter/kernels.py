@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,17 +23,12 @@ from ...results import (
 from ...service import Service
 from ...subscriptions import NamespaceEvent
 from . import replies
-from .wire import PROTOCOL_VERSION, USERNAME, Message, Pending, new_header, weight
+from .offline import MAX_OFFLINE_SESSIONS, OFFLINE_SECONDS, OfflineBuffer
+from .wire import PROTOCOL_VERSION, USERNAME, Message, new_header
 
 if TYPE_CHECKING:
     from .channels import Connection
 
-# What a disconnected session may miss and still get on reconnect (jupyter_server's
-# buffer_offline_messages, bounded): messages, their bytes, and for how long.
-OFFLINE_MESSAGES = 2000
-OFFLINE_BYTES = 32 << 20
-OFFLINE_SECONDS = 600.0
-MAX_OFFLINE_SESSIONS = 16
 HTTP_SESSION = "kernelserver-http"  # the parent session of cells sent over the v1 HTTP API
 
 
@@ -45,32 +39,6 @@ class JupyterOrigin:
     connection: Connection
     request: Message
     silent: bool
-
-
-class OfflineBuffer:
-    """What one disconnected session missed, kept (bounded) until it reconnects or expires."""
-
-    def __init__(self, cut: bool = False) -> None:
-        self.messages: deque[Pending] = deque()
-        self.size = 0
-        self.dropped = 0
-        self.cut = cut  # it was dropped for falling behind: its replay says so first
-        self.since = time.monotonic()
-
-    def add(self, message: Message) -> None:
-        """Keep message (printed text merged into the text kept last); the oldest go once the
-        buffer is full."""
-        size = weight(message)
-        if not (self.messages and self.messages[-1].merge(message, size)):
-            self.messages.append(Pending(message, size))
-        self.size += size
-        while self.messages and (len(self.messages) > OFFLINE_MESSAGES or self.size > OFFLINE_BYTES):
-            self.size -= self.messages.popleft().size
-            self.dropped += 1
-
-    def replay(self) -> list[Message]:
-        """What the session missed, in order (printed text merged), for when it comes back."""
-        return [pending.final() for pending in self.messages]
 
 
 class JupyterKernel:
@@ -93,6 +61,8 @@ class JupyterKernel:
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._last_parent: tuple[Execution, dict[str, Any]] | None = None
+        # The shutdown_request a restart on this thread answers: its iopub shutdown_reply's parent.
+        self._restart_request = threading.local()
         self._relay = kernels.service.relay(namespace_id, self._handle)
 
     # -- connections --
@@ -295,13 +265,41 @@ class JupyterKernel:
                 self.send_to(origin.connection, self.status("idle", parent))
         if ran:
             self.broadcast(self.status("idle", parent))
+        if result.restarted and (result.error is None or result.error.ename != "NamespaceRestarted"):
+            # The worker died (a crash, a kill past a limit; NamespaceRestarted is a restart
+            # someone asked for, see _state) and a new one took over: what jupyter_server's
+            # auto-restarter says, then what the new kernel says.
+            self.broadcast(self.status("restarting", {}))
+            self._started()
+
+    def restart(self, request: Message) -> None:
+        """Restart the namespace for a shutdown_request (the parent of its iopub shutdown_reply)."""
+        self._restart_request.header = request.header
+        try:
+            self.kernels.service.restart(self.id)
+        finally:
+            self._restart_request.header = None
+
+    def _started(self) -> None:
+        """A new kernel is up: a new session, which says starting, then idle."""
+        self.session = uuid.uuid4().hex
+        self.inputs.clear()
+        self.broadcast(self.status("starting", {}))
+        if self.running_parent is None:  # else a cell sent during the restart runs already
+            self.broadcast(self.status("idle", {}))
 
     def _state(self, state: str) -> None:
+        # restarting, then idle: a restart someone asked for. Shown as ipykernel under
+        # jupyter_server shows one: the old kernel's shutdown_reply, the new one's starting and
+        # idle. Never status `restarting`: JupyterLab takes it for a crash ("The kernel appears
+        # to have died. It will restart automatically."), which _finished reports.
         if state == "restarting":
-            self.session = uuid.uuid4().hex  # a restarted kernel is a new session
+            parent = getattr(self._restart_request, "header", None) or {}
             self.inputs.clear()
             self.running_parent = None
-            self.broadcast(self.status("restarting", {}))
+            self.broadcast(self.iopub("shutdown_reply", {"status": "ok", "restart": True}, parent))
+        elif state == "idle":
+            self._started()
         elif state == "dead":
             self.broadcast(self.status("dead", {}))
             self._stop()

@@ -155,19 +155,438 @@ function codeNode(text) {
   return element("code", "", text);
 }
 
+// -- Markdown: a small, conservative converter straight to DOM nodes --
+//
+// No library is vendored, and what cells display (IPython's Markdown(), to_markdown() tables)
+// needs little: headings, emphasis, code, links, lists, quotes, tables. Every character of the
+// source ends up in a text node, so HTML written in it shows as text and never becomes markup;
+// a link keeps its href only for http(s) and mailto. Math stays as written (that needs MathJax).
+
+const MD_MAX = 100000;  // a longer source shows as text: the scans below are not built for it
+const MD_DEPTH = 12;  // quotes, lists or emphasis nested deeper than this stay text
+const SAFE_HREF = /^(https?:|mailto:)/i;
+// An <img> runs no script, whatever it shows; other sources the page's CSP refuses anyway.
+const SAFE_IMAGE = /^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*$/i;
+const PUNCT = /[!-/:-@[-`{-~]/;
+const ENTITIES = new Map(Object.entries({
+  amp: "&", lt: "<", gt: ">", quot: "\"", apos: "'", nbsp: "\u00a0", copy: "\u00a9",
+  mdash: "\u2014", ndash: "\u2013", hellip: "\u2026", times: "\u00d7"}));
+const ENTITY = /&(?:#(\d{1,7})|#[xX]([0-9a-fA-F]{1,6})|([a-z]+));/y;
+const AUTOLINK = /<((?:https?|mailto):[^\s<>]*)>/iy;
+// A link's (destination "title"), after its "]".
+const LINK_TARGET = new RegExp([
+  String.raw`[ \t\n]*(?:<([^<>\n]*)>|((?:[^\s()<>\\]|\\.|\([^\s()<>]*\))*))`,
+  String.raw`(?:[ \t\n]+("[^"]*"|'[^']*'|\([^()]*\)))?[ \t\n]*\)`].join(""), "y");
+const MD = {
+  blank: /^[ \t]*$/,
+  fence: /^( {0,3})(`{3,}|~{3,})(.*)$/,
+  heading: /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/,
+  rule: /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/,
+  quote: /^ {0,3}> ?/,
+  setext: /^ {0,3}(=+|-+)[ \t]*$/,
+  indented: /^ {4}/,
+  item: /^( {0,3})([-+*]|\d{1,9}[.)])(?:( +)(.*))?$/,
+};
+
+function markdown(source) {
+  if (source.length > MD_MAX) return element("pre", "text", source);
+  const lines = source.replace(/\r\n?/g, "\n").split("\n")
+    .map((line) => line.replace(/^[ \t]+/, (lead) => lead.replace(/\t/g, "    ")));
+  const root = element("div", "markdown");
+  root.append(mdBlocks(lines, 0));
+  return root;
+}
+
+function mdItem(line) {
+  // A list item's first line: its marker, and how far its content is indented.
+  const found = MD.item.exec(line);
+  if (!found) return null;
+  const [, lead, marker, gap = "", rest = ""] = found;
+  const spaces = gap.length > 4 || !rest ? 1 : gap.length;  // more: an indented block in it
+  return {ordered: /\d/.test(marker), kind: marker.slice(-1), start: parseInt(marker, 10),
+          indent: lead.length + marker.length + spaces, first: gap.slice(spaces) + rest};
+}
+
+function mdInterrupts(line) {
+  // Whether line starts a block even straight after a paragraph's line.
+  if (MD.fence.test(line) || MD.heading.test(line) || MD.rule.test(line) || MD.quote.test(line)) {
+    return true;
+  }
+  const item = mdItem(line);
+  return Boolean(item && item.first.trim() && (!item.ordered || item.start === 1));
+}
+
+function mdCells(line) {
+  let text = line.trim();
+  if (text.startsWith("|")) text = text.slice(1);
+  if (text.endsWith("|") && !text.endsWith("\\|")) text = text.slice(0, -1);
+  return text.split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/\\\|/g, "|"));
+}
+
+function mdTable(lines, at) {
+  // A pipe table starting at lines[at], and the index after it; null where there is none.
+  if (at + 1 >= lines.length || !lines[at].includes("|") || !lines[at + 1].includes("-")) {
+    return null;
+  }
+  const head = mdCells(lines[at]);
+  const rule = mdCells(lines[at + 1]);
+  if (head.length !== rule.length || !rule.every((cell) => /^:?-+:?$/.test(cell))) return null;
+  const align = rule.map((cell) => (cell.endsWith(":") ? (cell.startsWith(":") ? "center" : "right")
+                                                         : (cell.startsWith(":") ? "left" : "")));
+  const table = element("table");
+  const row = (section, tag, texts) => {
+    const tr = section.appendChild(element("tr"));
+    align.forEach((side, k) => {
+      const cell = tr.appendChild(element(tag));
+      if (side) cell.style.textAlign = side;
+      cell.append(mdInline(texts[k] || ""));
+    });
+  };
+  row(table.createTHead(), "th", head);
+  const body = table.createTBody();
+  let next = at + 2;
+  while (next < lines.length && !MD.blank.test(lines[next]) && !mdInterrupts(lines[next])) {
+    row(body, "td", mdCells(lines[next]));
+    next += 1;
+  }
+  return [table, next];
+}
+
+function mdList(lines, at, out, depth) {
+  // The list starting at lines[at] into out; the index after it.
+  const first = mdItem(lines[at]);
+  const list = out.appendChild(element(first.ordered ? "ol" : "ul"));
+  if (first.ordered && first.start !== 1) list.start = first.start;
+  const items = [];
+  let loose = false;
+  let next = at;
+  while (next < lines.length) {
+    const item = mdItem(lines[next]);
+    if (!item || item.kind !== first.kind) break;
+    const body = [item.first];
+    next += 1;
+    while (next < lines.length) {
+      const line = lines[next];
+      if (MD.blank.test(line)) {
+        body.push("");
+      } else if (line.length - line.trimStart().length >= item.indent) {
+        body.push(line.slice(item.indent));
+      } else if (body[body.length - 1] !== "" && !mdInterrupts(line) && !mdItem(line)) {
+        body.push(line.trim());  // a paragraph's lazy continuation
+      } else {
+        break;
+      }
+      next += 1;
+    }
+    let gap = false;
+    while (body.length > 1 && body[body.length - 1] === "") {
+      body.pop();
+      gap = true;
+    }
+    // A blank line between items or inside one makes the list loose: paragraphs in its items.
+    const again = next < lines.length && mdItem(lines[next]);
+    if (body.includes("") || (gap && again && again.kind === first.kind)) loose = true;
+    items.push(body);
+  }
+  for (const body of items) {
+    const li = list.appendChild(element("li"));
+    li.append(mdBlocks(body, depth + 1));
+    if (loose) continue;
+    for (const para of [...li.children].filter((child) => child.tagName === "P")) {
+      para.replaceWith(...para.childNodes);
+    }
+  }
+  return next;
+}
+
+function mdCode(lines) {
+  const pre = element("pre", "code-block");
+  pre.appendChild(element("code", "", lines.join("\n")));
+  return pre;
+}
+
+function mdBlocks(lines, depth) {
+  const out = document.createDocumentFragment();
+  if (depth > MD_DEPTH) {
+    out.append(element("pre", "", lines.join("\n")));
+    return out;
+  }
+  let at = 0;
+  while (at < lines.length) {
+    const line = lines[at];
+    let found;
+    if (MD.blank.test(line)) {
+      at += 1;
+    } else if ((found = MD.fence.exec(line)) && !(found[2][0] === "`" && found[3].includes("`"))) {
+      const [, lead, fence] = found;
+      const closing = new RegExp(`^ {0,3}${fence[0]}{${fence.length},}[ \\t]*$`);
+      const body = [];
+      for (at += 1; at < lines.length && !closing.test(lines[at]); at += 1) {
+        body.push(lines[at].replace(new RegExp(`^ {0,${lead.length}}`), ""));
+      }
+      at += 1;  // past the closing fence (an unclosed one runs to the end)
+      out.append(mdCode(body));
+    } else if (MD.indented.test(line)) {
+      const body = [];
+      for (; at < lines.length && (MD.indented.test(lines[at]) || MD.blank.test(lines[at])); ) {
+        body.push(lines[at].slice(4));
+        at += 1;
+      }
+      while (MD.blank.test(body[body.length - 1])) body.pop();
+      out.append(mdCode(body));
+    } else if ((found = MD.heading.exec(line))) {
+      out.appendChild(element(`h${found[1].length}`)).append(mdInline(found[2] || ""));
+      at += 1;
+    } else if (MD.rule.test(line)) {
+      out.append(element("hr"));
+      at += 1;
+    } else if (MD.quote.test(line)) {
+      const inner = [];
+      for (; at < lines.length && MD.quote.test(lines[at]); at += 1) {
+        inner.push(lines[at].replace(MD.quote, ""));
+      }
+      out.appendChild(element("blockquote")).append(mdBlocks(inner, depth + 1));
+    } else if (mdItem(line)) {
+      at = mdList(lines, at, out, depth);
+    } else if ((found = mdTable(lines, at))) {
+      out.append(found[0]);
+      at = found[1];
+    } else {
+      const para = [line.trim()];
+      let tag = "p";
+      for (at += 1; at < lines.length; at += 1) {
+        const setext = MD.setext.exec(lines[at]);
+        if (setext) {
+          tag = setext[1][0] === "=" ? "h1" : "h2";
+          at += 1;
+          break;
+        }
+        if (MD.blank.test(lines[at]) || mdInterrupts(lines[at])) break;
+        para.push(lines[at].trimStart());
+      }
+      out.appendChild(element(tag)).append(mdInline(para.join("\n").trimEnd()));
+    }
+  }
+  return out;
+}
+
+function matchAt(pattern, text, at) {
+  // A sticky pattern's match starting exactly at text[at], or null.
+  pattern.lastIndex = at;
+  return pattern.exec(text);
+}
+
+function runOf(text, at) {
+  // How many times text[at] repeats from at.
+  let end = at;
+  while (text[end] === text[at]) end += 1;
+  return end - at;
+}
+
+function mdInline(text, depth = 0) {
+  const out = document.createDocumentFragment();
+  if (depth > MD_DEPTH) {
+    out.append(text);
+    return out;
+  }
+  // Searches that found no closer from some place find none from any later one either: kept,
+  // so that a line of a thousand "*" or "`" is not scanned a thousand times.
+  const failed = new Map();
+  let brackets = null;
+  let plain = "";
+  const flush = () => {
+    if (plain) out.append(plain);
+    plain = "";
+  };
+
+  const codeSpan = (at) => {
+    // The code span opening at text[at]: [its end, its text]; null where no run closes it.
+    const size = runOf(text, at);
+    const key = "`" + size;
+    if (failed.has(key) && at >= failed.get(key)) return null;
+    for (let j = at + size; j < text.length;) {
+      if (text[j] !== "`") {
+        j += 1;
+        continue;
+      }
+      const run = runOf(text, j);
+      if (run === size) {
+        let inside = text.slice(at + size, j).replace(/\n/g, " ");
+        if (/^ .*[^ ].* $/.test(inside) || /^ [^ ] $/.test(inside)) inside = inside.slice(1, -1);
+        return [j + size, inside];
+      }
+      j += run;
+    }
+    failed.set(key, at);
+    return null;
+  };
+
+  const skip = (j) => {
+    // Past an escape or a code span starting at text[j]; j itself where neither does.
+    if (text[j] === "\\") return j + 2;
+    if (text[j] === "`") {
+      const span = codeSpan(j);
+      return span ? span[0] : j + runOf(text, j);
+    }
+    return j;
+  };
+
+  const closer = (from, mark, size) => {
+    // Where the run closing an emphasis of size mark characters opened before from starts.
+    const key = mark + size;
+    if (failed.has(key) && from >= failed.get(key)) return -1;
+    for (let j = from; j < text.length;) {
+      const past = skip(j);
+      if (past !== j) {
+        j = past;
+        continue;
+      }
+      if (text[j] !== mark) {
+        j += 1;
+        continue;
+      }
+      const run = runOf(text, j);
+      const end = j + run;
+      if (j > from && !/\s/.test(text[j - 1]) && (run === size || run >= 3)
+          && (mark !== "_" || !/[\p{L}\p{N}]/u.test(text[end] || ""))) {
+        return end - size;
+      }
+      j = end;
+    }
+    failed.set(key, from);
+    return -1;
+  };
+
+  const bracket = (at) => {
+    // The "]" matching the "[" at text[at], or -1: all pairs found in one pass, once.
+    if (!brackets) {
+      brackets = new Map();
+      const open = [];
+      for (let j = 0; j < text.length;) {
+        const past = skip(j);
+        if (past !== j) {
+          j = past;
+          continue;
+        }
+        if (text[j] === "[") open.push(j);
+        else if (text[j] === "]" && open.length) brackets.set(open.pop(), j);
+        j += 1;
+      }
+    }
+    return brackets.has(at) ? brackets.get(at) : -1;
+  };
+
+  const link = (at) => {
+    // A link or image whose "[" is at text[at]: [the node, where it ends]; null where none is.
+    const image = text[at] === "!";
+    const open = image ? at + 1 : at;
+    const close = bracket(open);
+    if (close < 0 || text[close + 1] !== "(") return null;
+    const target = matchAt(LINK_TARGET, text, close + 2);
+    if (!target) return null;
+    const href = (target[1] ?? target[2]).replace(/\\([!-/:-@[-`{-~])/g, "$1");
+    const title = target[3] ? target[3].slice(1, -1) : "";
+    const label = text.slice(open + 1, close);
+    let node;
+    if (image && SAFE_IMAGE.test(href)) {
+      node = element("img");
+      node.src = href;
+      node.alt = label;
+    } else if (SAFE_HREF.test(href)) {
+      node = element("a");
+      node.href = href;
+      node.target = "_blank";
+      node.rel = "noopener noreferrer";
+      node.append(image ? label : mdInline(label, depth + 1));
+    } else {
+      // javascript:, or a path here that would need the token: the words, not a link.
+      node = element("span", "link-refused");
+      node.append(image ? label : mdInline(label, depth + 1));
+      node.title = href;
+    }
+    if (title) node.title = title;
+    return [node, close + 2 + target[0].length];
+  };
+
+  for (let i = 0; i < text.length;) {
+    const c = text[i];
+    let found;
+    if (c === "\\" && PUNCT.test(text[i + 1] || "")) {
+      plain += text[i + 1];
+      i += 2;
+    } else if (c === "\n" || (c === "\\" && text[i + 1] === "\n")) {
+      // A line ending in two spaces or a backslash breaks; any other joins the next with a space.
+      const hard = c === "\\" || / {2}$/.test(plain);
+      plain = plain.replace(/ +$/, "");
+      if (hard) {
+        flush();
+        out.append(element("br"));
+      } else {
+        plain += "\n";
+      }
+      i += c === "\\" ? 2 : 1;
+    } else if (c === "`") {
+      const span = codeSpan(i);
+      if (span) {
+        flush();
+        out.append(element("code", "", span[1]));
+        i = span[0];
+      } else {
+        const run = runOf(text, i);
+        plain += text.slice(i, i + run);
+        i += run;
+      }
+    } else if (c === "*" || c === "_" || c === "~") {
+      const run = runOf(text, i);
+      const size = c === "~" ? 2 : Math.min(run, 2);
+      const after = text[i + size] || " ";
+      const end = (c !== "~" || run === 2) && !/\s/.test(after)
+        && (c !== "_" || !/[\p{L}\p{N}]/u.test(text[i - 1] || "")) ? closer(i + size, c, size) : -1;
+      if (end >= 0) {
+        flush();
+        const tag = c === "~" ? "del" : size === 2 ? "strong" : "em";
+        out.appendChild(element(tag)).append(mdInline(text.slice(i + size, end), depth + 1));
+        i = end + size;
+      } else {
+        plain += text.slice(i, i + run);
+        i += run;
+      }
+    } else if ((c === "[" || (c === "!" && text[i + 1] === "[")) && (found = link(i))) {
+      flush();
+      out.append(found[0]);
+      i = found[1];
+    } else if (c === "<" && (found = matchAt(AUTOLINK, text, i))) {
+      flush();
+      const anchor = out.appendChild(element("a", "", found[1]));
+      anchor.href = found[1];
+      anchor.target = "_blank";
+      anchor.rel = "noopener noreferrer";
+      i += found[0].length;
+    } else if (c === "&" && (found = matchAt(ENTITY, text, i))
+               && (found[3] === undefined || ENTITIES.has(found[3]))) {
+      const code = found[1] ? Number(found[1]) : found[2] ? parseInt(found[2], 16) : null;
+      plain += code === null ? ENTITIES.get(found[3])
+        : code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : "\ufffd";
+      i += found[0].length;
+    } else {
+      plain += c;
+      i += 1;
+    }
+  }
+  flush();
+  return out;
+}
+
 function renderBundle(parent, data, className) {
   const box = parent.appendChild(element("div", className));
-  if (data["image/png"] || data["image/jpeg"]) {
-    const img = box.appendChild(element("img"));
-    const type = data["image/png"] ? "image/png" : "image/jpeg";
-    img.src = `data:${type};base64,${data[type].replace(/\s/g, "")}`;
-    img.alt = data["text/plain"] || "image output";
-    img.addEventListener("load", () => following(() => {}));  // its height is known only now
-  } else if (data["image/svg+xml"]) {
-    const img = box.appendChild(element("img"));
-    img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(data["image/svg+xml"]);
-    img.alt = data["text/plain"] || "image output";
-  } else if (data["text/html"]) {
+  fill(box, data);
+  return box;
+}
+
+function fill(box, data) {
+  // Jupyter's order: the richest type first. LaTeX would need MathJax, so an image or the plain
+  // text of the same value comes before its source.
+  if (data["text/html"]) {
     // Never in the page itself: a sandboxed frame has no origin, so it can reach neither this
     // page nor its token. It inherits the page's CSP, so the only scripts that run there are the
     // console's own (frame.js, which posts the content's height); the output's are refused.
@@ -176,8 +595,22 @@ function renderBundle(parent, data, className) {
     frame.setAttribute("sandbox", "allow-scripts");
     frame.title = "HTML output";
     frame.srcdoc = FRAME_HEAD + data["text/html"];
+  } else if (data["text/markdown"]) {
+    box.appendChild(markdown(data["text/markdown"]));
+  } else if (data["image/svg+xml"]) {
+    const img = box.appendChild(element("img"));
+    img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(data["image/svg+xml"]);
+    img.alt = data["text/plain"] || "image output";
+  } else if (data["image/png"] || data["image/jpeg"]) {
+    const img = box.appendChild(element("img"));
+    const type = data["image/png"] ? "image/png" : "image/jpeg";
+    img.src = `data:${type};base64,${data[type].replace(/\s/g, "")}`;
+    img.alt = data["text/plain"] || "image output";
+    img.addEventListener("load", () => following(() => {}));  // its height is known only now
   } else if (data["text/plain"] !== undefined) {
     box.appendChild(element("pre", "text", data["text/plain"].replace(ANSI, "")));
+  } else if (data["text/latex"] !== undefined) {
+    box.appendChild(element("pre", "text", data["text/latex"]));
   } else {
     box.appendChild(element("pre", "note", `(output of type ${Object.keys(data).join(", ")})`));
   }
@@ -206,6 +639,19 @@ function fitFrame(event) {
   }
 }
 
+// The displays shown with an id (display(x, display_id=...)), on any cell still on the page: an
+// update replaces every one of them in place.
+const withId = new Map();  // display_id -> Set of its boxes
+
+function updateDisplay(id, data) {
+  following(() => {
+    for (const box of withId.get(id) || []) {
+      box.replaceChildren();
+      fill(box, data);
+    }
+  });
+}
+
 class CellView {
   constructor(code, label) {
     this.root = element("div", "cell");
@@ -218,11 +664,35 @@ class CellView {
     this.out = this.root.appendChild(element("div", "out"));
     this.stream = null;
     this.term = null;
+    this.clearNext = false;  // clear_output(wait=True): clear when the next output comes
     following(() => $("cells").appendChild(this.root));
+  }
+
+  clear(wait) {
+    if (wait) {
+      this.clearNext = true;
+    } else {
+      following(() => this.cleared());
+    }
+  }
+
+  cleared() {
+    this.clearNext = false;
+    // Gone from the page, so out of the map too: a loop that clears and shows anew keeps none.
+    for (const box of this.out.querySelectorAll(".display[data-display-id]")) {
+      const boxes = withId.get(box.dataset.displayId);
+      boxes.delete(box);
+      if (!boxes.size) withId.delete(box.dataset.displayId);
+    }
+    this.out.replaceChildren();
+    this.stream = null;
+    this.term = null;
   }
 
   text(stream, text) {
     following(() => {
+      // Cleared and written in one task: the page never shows the area empty in between.
+      if (this.clearNext) this.cleared();
       if (this.stream !== stream) {
         this.term = new Term(this.out.appendChild(element("pre", stream)));
         this.stream = stream;
@@ -231,9 +701,17 @@ class CellView {
     });
   }
 
-  display(data) {
-    this.stream = null;
-    following(() => renderBundle(this.out, data, "display"));
+  display(data, id) {
+    following(() => {
+      if (this.clearNext) this.cleared();
+      this.stream = null;
+      const box = renderBundle(this.out, data, "display");
+      if (typeof id === "string") {
+        box.dataset.displayId = id;
+        if (!withId.has(id)) withId.set(id, new Set());
+        withId.get(id).add(box);
+      }
+    });
   }
 
   finish(result) {
@@ -241,6 +719,7 @@ class CellView {
   }
 
   finished(result) {
+    // A clear still waiting stays undone, as in the result the server keeps for this cell.
     this.stream = null;
     this.prompt.textContent = result.execution_count ? `[${result.execution_count}]` : "[ ]";
     this.root.dataset.status = result.status;
@@ -302,7 +781,9 @@ async function run() {
   try {
     finished = await readStream(response, (event) => {
       if (event.event === "stdout" || event.event === "stderr") view.text(event.event, event.text);
-      else if (event.event === "display") view.display(event.data);
+      else if (event.event === "display") view.display(event.data, event.display_id);
+      else if (event.event === "update_display") updateDisplay(event.display_id, event.data);
+      else if (event.event === "clear_output") view.clear(event.wait);
       else if (event.event === "result") view.finish(event);
     });
   } catch (error) {
