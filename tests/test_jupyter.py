@@ -446,6 +446,92 @@ def test_shutdown_request(server: LiveServer) -> None:
     assert rest(server, "GET", f"/api/kernels/{kernel}").status_code == 404
 
 
+def statuses(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"]["execution_state"] for m in messages
+            if m["channel"] == "iopub" and m["msg_type"] == "status"]
+
+
+def kernel_idle(message: dict[str, Any]) -> bool:
+    """The idle of the kernel itself (no parent): a new kernel is up."""
+    return (message["msg_type"] == "status" and not message["parent_header"]
+            and message["content"]["execution_state"] == "idle")
+
+
+@pytest.mark.parametrize("how", ["control", "rest"])
+def test_a_requested_restart_is_no_crash(server: LiveServer, kernel: str, how: str) -> None:
+    # JupyterLab shows "The kernel appears to have died" on status `restarting`: as with
+    # ipykernel under jupyter_server, a restart asked for says shutdown_reply, then starting.
+    client = connect(server, kernel)
+    reply, _ = client.execute("kept = 1")
+    old_session = reply["header"]["session"]
+    if how == "control":
+        request = client.send("shutdown_request", {"restart": True}, channel="control")
+        seen = client.until(kernel_idle)
+        assert of_type(seen, "shutdown_reply")[0]["channel"] == "control"
+        parent = {"msg_id": request["msg_id"]}
+    else:
+        # A cell deaf to interrupts: the restart kills its worker (an exit asked for, no crash).
+        cell = client.send("execute_request", {"code": "import signal, time\n"
+                                               "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                               "print('deaf', flush=True)\ntime.sleep(30)"})
+        client.until(lambda m: m["msg_type"] == "stream")
+        assert rest(server, "POST", f"/api/kernels/{kernel}/restart", json={}).status_code == 200
+        seen = client.until_idle(cell["msg_id"])  # it and the restart's messages, in any order
+        if not any(kernel_idle(m) for m in seen):
+            seen += client.until(kernel_idle)
+        assert of_type(seen, "execute_reply")[0]["content"]["ename"] == "NamespaceRestarted"
+        parent = {}
+    assert "restarting" not in statuses(seen)
+    said = [m for m in of_type(seen, "shutdown_reply") if m["channel"] == "iopub"]
+    assert len(said) == 1 and said[0]["content"] == {"status": "ok", "restart": True}
+    assert {k: said[0]["parent_header"][k] for k in parent} == parent
+    starting = [m for m in of_type(seen, "status") if m["content"]["execution_state"] == "starting"]
+    assert len(starting) == 1 and starting[0]["header"]["session"] != old_session
+    assert [m for m in seen if kernel_idle(m)][0]["header"]["session"] == starting[0]["header"]["session"]
+    reply, _ = client.execute("kept")
+    assert reply["content"]["ename"] == "NameError"  # the same connection goes on, empty
+    assert reply["header"]["session"] == starting[0]["header"]["session"]
+    client.close()
+
+
+def test_a_crash_looks_like_one(server: LiveServer, kernel: str) -> None:
+    client = connect(server, kernel)
+    client.execute("kept = 1")
+    reply, seen = client.execute("import os\nos._exit(1)")
+    assert reply["content"]["ename"] == "WorkerDied" and "restarting" not in statuses(seen)
+    # After the cell's idle, what jupyter_server's auto-restarter says, then the new kernel.
+    after = client.until(kernel_idle)
+    assert statuses(after) == ["restarting", "starting", "idle"]
+    assert after[0]["header"]["session"] == reply["header"]["session"]
+    assert after[1]["header"]["session"] != reply["header"]["session"]
+    reply, _ = client.execute("kept")
+    assert reply["content"]["ename"] == "NameError"
+    client.close()
+
+
+def test_completion_and_inspection_as_ipykernel_answers(server: LiveServer, kernel: str) -> None:
+    client = connect(server, kernel)
+    client.execute("import os\ndef helper(x):\n    'Doubles x.'\n    return 2 * x")
+    reply, _ = client.request("inspect_request", {"code": "helper(", "cursor_pos": 7})
+    assert reply["content"]["found"] and "Doubles x." in reply["content"]["data"]["text/plain"]
+    reply, _ = client.request("complete_request", {"code": "os.pa", "cursor_pos": 5})
+    types = reply["content"]["metadata"]["_jupyter_types_experimental"]
+    assert [t["text"] for t in types] == reply["content"]["matches"]
+    kinds = {t["text"]: t["type"] for t in types}
+    assert kinds["os.path"] == "module" and kinds["os.pathsep"] == "instance"
+    reply, _ = client.request("complete_request", {"code": "helper(1) + hel", "cursor_pos": 15})
+    types = reply["content"]["metadata"]["_jupyter_types_experimental"]
+    assert {"start": 12, "end": 15, "text": "helper", "type": "function", "signature": "(x)"} in types
+    # The namespace runs IPython syntax: its magics complete, and inspect to their docstrings.
+    reply, _ = client.request("complete_request", {"code": "%ti", "cursor_pos": 3})
+    assert {"%time", "%timeit"} <= set(reply["content"]["matches"])
+    assert reply["content"]["cursor_start"] == 0
+    reply, _ = client.request("inspect_request", {"code": "%timeit", "cursor_pos": 3})
+    assert reply["content"]["found"]
+    assert "Time execution of a Python statement" in reply["content"]["data"]["text/plain"]
+    client.close()
+
+
 # -- limits and shutdown, on a small server of their own --
 
 @pytest.fixture
