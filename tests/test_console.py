@@ -256,6 +256,51 @@ def test_html_output_stays_in_a_sandboxed_frame(page: WebDriver) -> None:
     assert not page.find_elements(By.ID, "evil")  # never part of the page itself
 
 
+def test_markdown_is_rendered_and_html_in_it_stays_text(page: WebDriver) -> None:
+    cell = run_cell(page, "from IPython.display import display, Markdown\n"
+                          "display(Markdown(\"**bold** and <b>raw</b>\"))\n"
+                          "display(Markdown('[docs](https://example.com/) [trap](javascript:alert(1))'))")
+    wait_for(lambda: finished(cell))
+    assert cell.get_attribute("data-status") == "ok"
+    shown = cell.find_elements(By.CSS_SELECTOR, ".out .display .markdown")
+    assert len(shown) == 2 and "Markdown object" not in cell.text  # not the text/plain fallback
+    assert [strong.text for strong in shown[0].find_elements(By.TAG_NAME, "strong")] == ["bold"]
+    assert shown[0].text == "bold and <b>raw</b>"  # the tags as written, no element of them
+    assert not shown[0].find_elements(By.TAG_NAME, "b")
+    # A web link opens in a new tab; a javascript: one is no link at all.
+    links = shown[1].find_elements(By.TAG_NAME, "a")
+    assert [(a.text, a.get_attribute("href"), a.get_attribute("target")) for a in links] \
+        == [("docs", "https://example.com/", "_blank")]
+    assert "trap" in shown[1].text
+
+
+def test_a_display_is_updated_in_place(page: WebDriver) -> None:
+    cell = run_cell(page, "import time\nh = display('one', display_id=True)\ntime.sleep(0.5)\n"
+                          "h.update('two')")
+    wait_for(lambda: finished(cell))
+    assert [shown.text for shown in cell.find_elements(By.CSS_SELECTOR, ".out .display")] == ["'two'"]
+    # A later cell updates it where it is, and shows nothing of its own.
+    later = run_cell(page, "h.update('three')")
+    wait_for(lambda: finished(later))
+    wait_for(lambda: cell.find_element(By.CSS_SELECTOR, ".out .display").text == "'three'")
+    assert len(cell.find_elements(By.CSS_SELECTOR, ".out .display")) == 1
+    assert later.get_attribute("data-status") == "ok"
+    assert later.find_element(By.CLASS_NAME, "out").text == ""
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    ("print('a')\nfrom IPython.display import clear_output\nclear_output()\nprint('b')", "b"),
+    ("from IPython.display import clear_output\ndisplay('old')\nfor i in range(3):\n"
+     "    clear_output(wait=True)\n    print('step', i)", "step 2"),
+    ("from IPython.display import clear_output\nprint('kept')\nclear_output(wait=True)", "kept"),
+], ids=["at-once", "wait-for-the-next-output", "wait-with-nothing-after"])
+def test_clear_output_empties_the_cell(page: WebDriver, code: str, shown: str) -> None:
+    cell = run_cell(page, code)
+    wait_for(lambda: finished(cell))
+    assert cell.get_attribute("data-status") == "ok"
+    assert cell.find_element(By.CLASS_NAME, "out").text == shown
+
+
 def test_namespaces_and_history(page: WebDriver) -> None:
     name = "exp-console-namespace"
     page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
