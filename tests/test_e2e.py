@@ -43,9 +43,10 @@ def test_curl_json_form_and_multipart(live_server: LiveServer) -> None:
     out = json.loads(curl("-H", auth, "--data-urlencode", "code=x = 1 + 1\nx",
                           live_server.url + "/execute"))
     assert out["result"] == {"text/plain": "2"}
-    out = json.loads(curl("-H", auth, "-F", "id=multi", live_server.url + "/env/create"))
+    out = json.loads(curl("-H", auth, "-F", "id=multi", "-F", "syntax=python",
+                          live_server.url + "/env/create"))
     assert out == {"id": "multi", "created": True, "envs": ["default", "multi"], "memory_limit": 0,
-                   "cull_idle_after": 0}
+                   "cull_idle_after": 0, "syntax": "python"}
     denied = json.loads(curl(live_server.url + "/env/list"))
     assert denied["error"]["code"] == "unauthorized"
     rebinding = json.loads(curl("-H", "Host: attacker.example", live_server.url + "/health"))
