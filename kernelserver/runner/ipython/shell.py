@@ -82,7 +82,9 @@ class ZMQInteractiveShell(InteractiveShell):
         self._ks_saved = process_state()
         for cls in type(self)._walk_mro():
             cast(Any, cls)._instance = self  # as instance() registers it, for get_ipython()
-        self.init_builtins()  # __IPYTHON__ and display in builtins
+        # __IPYTHON__ and display in builtins, as init_builtins; the trap __init__ made is kept
+        # (a new one is a traitlets Configurable: 1 ms of a namespace's start).
+        builtins.__dict__.update(__IPYTHON__=True, display=display)
         self.init_prompts()
         atexit.register(self.atexit_operations)
         main = sys.modules.get("__main__")
