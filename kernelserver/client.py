@@ -115,9 +115,13 @@ class Client:
         """GET /health."""
         return self._json("GET", "/health")
 
-    def info(self) -> dict[str, Any]:
-        """GET /info: version, backend, limits, environment probe."""
-        return self._json("GET", "/info")
+    def info(self, kernel: str | None = None) -> dict[str, Any]:
+        """GET /info: version, backend, limits, kernels, the environment probe (of that kernel)."""
+        return self._json("GET", "/info", params={"kernel": kernel} if kernel else None)
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """GET /kernels: every environment a namespace can run in, its Python and whether it starts."""
+        return list(self._json("GET", "/kernels", timeout=self.slow_timeout)["kernels"])
 
     def namespaces(self) -> list[dict[str, Any]]:
         """Every namespace's info."""
@@ -126,13 +130,13 @@ class Client:
     def namespace(self, namespace_id: str = "default", create: bool = True, *,
                   num_gpus: float | None = None, num_cpus: float | None = None,
                   memory: int | str | None = None, cull_idle_after: float | None = None,
-                  syntax: str | None = None) -> Namespace:
+                  syntax: str | None = None, kernel: str | None = None) -> Namespace:
         """A handle on a namespace, created on the server unless create is False.
 
         num_gpus and num_cpus place it on a node with them free (ray backend); memory ('16G')
         is its memory limit; cull_idle_after deletes it after that many idle seconds; syntax
-        "python" runs plain Python where the server's default is IPython's. A namespace that
-        exists keeps what it was made with."""
+        "python" runs plain Python where the server's default is IPython's; kernel names the
+        environment it runs in (`kernels()`). A namespace that exists keeps what it was made with."""
         if create:
             body: dict[str, Any] = {"id": namespace_id}
             resources = {k: v for k, v in (("num_gpus", num_gpus), ("num_cpus", num_cpus),
@@ -143,6 +147,8 @@ class Client:
                 body["cull_idle_after"] = cull_idle_after
             if syntax is not None:
                 body["syntax"] = syntax
+            if kernel is not None:
+                body["kernel"] = kernel
             self._json("POST", "/env/create", json_body=body, timeout=self.slow_timeout)
         return Namespace(self, namespace_id)
 

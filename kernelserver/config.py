@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import kernelspecs
 from .backends import BACKENDS
 from .backends.base import SYNTAXES
 
@@ -135,6 +136,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(magics, `!cmd`, `obj?`, In/Out, where IPython is installed; plain Python otherwise) "
             "or `python` (plain Python, nothing added). The inprocess backend, one process for "
             "all namespaces, gives IPython only to a namespace that asks for it."),
+    Setting("kernels", (), _parse_list, "Other Python environments namespaces may run in, as "
+            "`NAME=PYTHON` (comma-separated; e.g. `torch=/opt/conda/envs/torch/bin/python`); "
+            "Python kernelspecs and conda environments are found without it. `kernelserver "
+            "kernels` lists them all."),
     Setting("keep_executions", 4, int, "Finished executions per namespace kept in memory "
             "(older ones are read from history)."),
     Setting("ray_address", "auto", str, "With the ray backend: the cluster to place namespaces "
@@ -190,6 +195,8 @@ def load_config(
     if config["syntax"] not in SYNTAXES:
         raise ValueError(f"syntax must be one of {', '.join(map(repr, SYNTAXES))}, "
                          f"not {config['syntax']!r}")
+    config["kernels"] = tuple(config["kernels"])
+    kernelspecs.parse_setting(config["kernels"])  # a bad entry stops the server, in one line
     config["allowed_hosts"] = tuple(config["allowed_hosts"])
     config["allowed_origins"] = tuple(config["allowed_origins"])
     if config["max_websockets"] is None:

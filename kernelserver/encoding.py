@@ -9,12 +9,15 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import orjson
+try:
+    import orjson
+except ImportError:  # a worker in another environment: the standard library's json serves it
+    orjson = None  # type: ignore[assignment]
 
 CHUNK_CHARS = 1 << 16
 ENCODE_CHARS = 1 << 14
 LARGE_ANSWER = 1 << 18  # characters; above this an answer is encoded piece by piece
-_OPTIONS = orjson.OPT_NON_STR_KEYS
+_OPTIONS = orjson.OPT_NON_STR_KEYS if orjson is not None else 0
 
 
 class Text:
@@ -50,11 +53,13 @@ def json_bytes(data: Any) -> bytes:
     # orjson escapes text ~50x faster than json (6 GB/s against 0.1 here), which is what a
     # printing cell's answer or stream is made of. It refuses lone surrogates (a cell can print
     # one) and integers past 64 bits: those take json, which writes a surrogate as its escape.
-    try:
-        return orjson.dumps(data, default=_plain, option=_OPTIONS)
-    except TypeError:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_plain)
-        return text.encode("utf-8", "backslashreplace")
+    if orjson is not None:
+        try:
+            return orjson.dumps(data, default=_plain, option=_OPTIONS)
+        except TypeError:
+            pass  # what it refuses, json writes
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_plain)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def dumps(data: Any) -> bytes:
@@ -72,7 +77,8 @@ def loads(raw: bytes | str) -> Any:
     # recursion limit, where json raised RecursionError): whoever refuses invalid JSON (a 400, a
     # closed WebSocket) refuses deep JSON too.
     try:
-        return orjson.loads(raw)
+        if orjson is not None:
+            return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         reason = str(exc).lower()
         if "depth limit" in reason or "recursion limit" in reason:

@@ -40,11 +40,11 @@ class Namespace:
         self.config = config
         options = options or NamespaceOptions()
         # None: the server's setting (0 for none, or never).
-        memory = options.resources.memory
+        memory, cull = options.resources.memory, options.cull_idle_after
         self.memory_limit: int = config.get("memory_limit", 0) if memory is None else memory
-        cull = options.cull_idle_after
         self.cull_idle_after: float = config.get("cull_idle_after", 0.0) if cull is None else cull
         self.syntax = options.syntax_in(config)
+        self.kernel_name = options.kernel or "python3"  # kernelspecs.DEFAULT: the server's own
         self.created_at = utcnow_iso()
         self.last_activity = self.created_at
         self._active_at = time.monotonic()  # last_activity, on the clock idle culling reads
@@ -395,5 +395,6 @@ class Namespace:
             details=kernel.details() if kernel is not None else {},
             variables=(kernel.variables() if kernel is not None else []) if with_variables else None,
             memory_limit=self.memory_limit, cull_idle_after=self.cull_idle_after,
-            syntax=self.syntax, running=current.execution_count if current is not None else None,
+            syntax=self.syntax, kernel=self.kernel_name,
+            running=current.execution_count if current is not None else None,
         )

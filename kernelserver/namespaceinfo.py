@@ -22,12 +22,13 @@ class NamespaceInfo:
     memory_limit: int = 0  # bytes; 0 for none
     cull_idle_after: float = 0.0  # seconds; 0 never
     syntax: str = "python"  # what its cells are written in: "ipython" or "python"
+    kernel: str = "python3"  # the environment it runs in (kernelserver kernels)
     running: int | None = None  # the execution_count of the cell running now
 
     def limits(self) -> dict[str, Any]:
         """What the namespace was made with (its limits, its syntax) as its JSON shows them."""
         return {"memory_limit": self.memory_limit, "cull_idle_after": self.cull_idle_after,
-                "syntax": self.syntax}
+                "syntax": self.syntax, "kernel": self.kernel}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form pinned in DESIGN.md section 3, and its limits."""

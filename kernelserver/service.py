@@ -11,13 +11,21 @@ import fcntl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import datadir, tokenfile
+from . import datadir, kernelspecs, tokenfile
 from .backends import load_backend
 from .backends.base import NamespaceOptions, Resources
-from .errors import WHY_UNKNOWN, ExecutionNotFound, NamespaceNotFound, NamespaceUnavailable
+from .backends.protocol import OLDEST
+from .errors import (
+    WHY_UNKNOWN,
+    BadRequest,
+    ExecutionNotFound,
+    NamespaceNotFound,
+    NamespaceUnavailable,
+)
 from .execution import Execution
 from .history import History, HistoryError
 from .namespace import Namespace
@@ -81,19 +89,33 @@ class Service:
             # For clients of this OS user on this machine (`kernelserver token`, the Client).
             tokenfile.write(config["data_dir"], config["host"], config["port"], self.token)
         self.backend = load_backend(config)
+        # The environments a namespace may run in, found once: a new conda env needs a restart.
+        self.kernelspecs = kernelspecs.discover(kernelspecs.parse_setting(config["kernels"]))
         self.registry = Registry(config, self.backend, self.history)
         self._closed = False
         self._close_lock = threading.Lock()
         self._probe_lock = threading.Lock()
-        self._probe_cache: tuple[float, dict[str, Any]] | None = None
+        self._probe_cache: dict[str | None, tuple[float, dict[str, Any]]] = {}  # by kernel
 
     # -- namespaces --
 
     def create(self, namespace_id: str, options: NamespaceOptions | None = None) -> bool:
         """Start a namespace unless it exists; True if this call created it."""
         if options is not None:
+            options = self.resolve_kernel(options)
             self.backend.validate(options)
         return self.registry.create(namespace_id, options)[1]
+
+    def resolve_kernel(self, options: NamespaceOptions) -> NamespaceOptions:
+        """The options with the kernel's interpreter filled in; BadRequest for an unknown one."""
+        if options.kernel is None or options.kernel == kernelspecs.DEFAULT:
+            return replace(options, kernel=None, python=None)
+        spec = self.kernelspecs.get(options.kernel)
+        if spec is None:
+            raise BadRequest(f"no kernel {options.kernel!r}; this server has "
+                             f"{', '.join(map(repr, self.kernelspecs))} (`kernelserver kernels` "
+                             "lists them)")
+        return replace(options, python=spec.python)
 
     def delete(self, namespace_id: str) -> None:
         """Stop a namespace; its worker and memory are gone when this returns."""
@@ -249,15 +271,17 @@ class Service:
         return {**{key: self.config[key] for key in keys},
                 "memory_limit_method": self.backend.memory_limit_method()}
 
-    def probe(self) -> dict[str, Any]:
-        """The environment probe, run in a fresh worker, cached for PROBE_TTL seconds."""
+    def probe(self, kernel_name: str | None = None) -> dict[str, Any]:
+        """The environment probe, run in a fresh worker of that kernel (None: the server's own),
+        cached for PROBE_TTL seconds."""
+        options = self.resolve_kernel(NamespaceOptions(Resources(memory=0), kernel=kernel_name))
         with self._probe_lock:
-            cached = self._probe_cache
+            cached = self._probe_cache.get(options.kernel)
             if cached is not None and time.monotonic() - cached[0] < PROBE_TTL:
                 return cached[1]
             # The server's own look at its environment: not a namespace, not limited as one.
             try:
-                kernel = self.backend.start_kernel("probe", NamespaceOptions(Resources(memory=0)))
+                kernel = self.backend.start_kernel("probe", options)
             except NamespaceUnavailable as exc:
                 # A cluster still placing its first actor, no room for one: /info still answers
                 # with the rest (the cluster's state says why), and the next call tries again.
@@ -275,18 +299,40 @@ class Service:
                 detail = outcome.error.evalue if outcome.error else output[-300:]
                 found = {"error": f"the probe failed: {detail}"}
             else:
-                self._probe_cache = (time.monotonic(), found)
+                self._probe_cache[options.kernel] = (time.monotonic(), found)
             return found
 
-    def info(self) -> dict[str, Any]:
-        """Server version, backend, limits and the environment probe for /info."""
+    def kernels(self) -> list[dict[str, Any]]:
+        """Every environment a namespace can run in, with its Python's version, or why it
+        cannot run the worker (each interpreter asked at once, in parallel)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        specs = list(self.kernelspecs.values())
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            versions = list(pool.map(lambda spec: kernelspecs.version_of(spec.python), specs))
+        found = []
+        for spec, version in zip(specs, versions, strict=True):
+            row = spec.to_dict()
+            if isinstance(version, str):
+                row.update(version=None, starts=False, why=version)
+            else:
+                row.update(version=".".join(map(str, version)), starts=version[:2] >= OLDEST,
+                           why=None if version[:2] >= OLDEST else
+                           f"Python {version[0]}.{version[1]} is older than "
+                           f"{OLDEST[0]}.{OLDEST[1]}, the oldest the worker runs on")
+            found.append(row)
+        return found
+
+    def info(self, kernel_name: str | None = None) -> dict[str, Any]:
+        """Server version, backend, limits, kernels and the environment probe (of that kernel)."""
         return {
+            "kernels": [spec.to_dict() for spec in self.kernelspecs.values()],
             "version": self.version,
             "backend": self.config["backend"],
             "auth": self.token is not None,
             "limits": self.limits(),
             "namespaces": len(self.registry.ids()),
-            "probe": self.probe(),
+            "probe": self.probe(kernel_name),
             **({"cluster": cluster} if (cluster := self.backend.cluster()) is not None else {}),
         }
 

@@ -76,7 +76,8 @@ def test_create_get_list_delete(api: ApiClient, backend: str) -> None:
     # IPython syntax by default; the inprocess backend (one process, one IPython shell) only on request.
     assert first.get_json() == {"id": "ns1", "created": True, "envs": ["ns1"], "memory_limit": 0,
                                 "cull_idle_after": 0,
-                                "syntax": "python" if backend == "inprocess" else "ipython"}
+                                "syntax": "python" if backend == "inprocess" else "ipython",
+                                "kernel": "python3"}
     again = api.create("ns1")
     assert again.status_code == 200 and again.get_json()["created"] is False
     api.run("answer = 42", id="ns1")

@@ -98,7 +98,8 @@ def wrong_value_query(name: str) -> Iterator[tuple[str, str]]:
                                                  "wait": ["soon", "-1", "1e99"],
                                                  "stream": ["maybe", "2"],
                                                  "limit": ["0", "x", "-5"],
-                                                 "keep": ["-1", "x", "1.5"]}[name])
+                                                 "keep": ["-1", "x", "1.5"],
+                                                 "kernel": ["no-such-kernel", "python3 "]}[name])
 
 
 def cases() -> list[Case]:
@@ -179,8 +180,11 @@ def test_the_walk_covers_every_route_and_every_kind_of_bad_input() -> None:
             if "requestBody" in operation:
                 assert kinds >= {"wrong content type", "invalid JSON", "missing field",
                                  "wrong field type", "oversize body"}, (method, path, kinds)
-            if operation.get("parameters"):
+            names = {resolve(p)["name"] for p in operation.get("parameters", [])}
+            if "id" in names:
                 assert kinds >= {"missing field", "wrong field type", "unknown namespace"}, (path, kinds)
+            elif names:  # only optional parameters (/info?kernel=)
+                assert "wrong field type" in kinds, (path, kinds)
         assert any(c.kind == "wrong method" and c.path == path for c in CASES), path
     all_kinds = {c.kind for c in CASES}
     assert all_kinds == {"wrong method", "wrong content type", "invalid JSON", "missing field",

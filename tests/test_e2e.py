@@ -46,7 +46,7 @@ def test_curl_json_form_and_multipart(live_server: LiveServer) -> None:
     out = json.loads(curl("-H", auth, "-F", "id=multi", "-F", "syntax=python",
                           live_server.url + "/env/create"))
     assert out == {"id": "multi", "created": True, "envs": ["default", "multi"], "memory_limit": 0,
-                   "cull_idle_after": 0, "syntax": "python"}
+                   "cull_idle_after": 0, "syntax": "python", "kernel": "python3"}
     denied = json.loads(curl(live_server.url + "/env/list"))
     assert denied["error"]["code"] == "unauthorized"
     rebinding = json.loads(curl("-H", "Host: attacker.example", live_server.url + "/health"))

@@ -63,6 +63,8 @@ class NamespaceOptions:
     resources: Resources = field(default_factory=Resources)
     cull_idle_after: float | None = None  # seconds idle before it is deleted; 0 never
     syntax: str | None = None  # "ipython" or "python"; None: the server's setting
+    kernel: str | None = None  # the environment's name (kernelspecs.py); None: the server's own
+    python: str | None = None  # its interpreter, as the service found it; None: the server's
 
     def syntax_in(self, config: dict[str, Any]) -> str:
         """The syntax this namespace's cells are written in, under the server's settings."""
@@ -159,6 +161,14 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what the backend shares between its kernels."""
+
+
+def refuse_other_pythons(options: NamespaceOptions, backend: str) -> None:
+    """BadRequest when a namespace asks for another environment of a backend that runs only the
+    server's own (the process backend forks workers in any)."""
+    if options.python is not None:
+        raise BadRequest(f"kernel {options.kernel!r} runs another Python, which the process "
+                         f"backend starts; this server runs the {backend} backend")
 
 
 def refuse_placement(options: NamespaceOptions, backend: str, limits_memory: bool) -> None:

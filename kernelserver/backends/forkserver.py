@@ -24,7 +24,7 @@ import threading
 from typing import Any
 
 from . import proctree
-from .protocol import Op
+from .protocol import OLDEST, Op
 
 MAX_PACKET = 1 << 16
 
@@ -169,9 +169,11 @@ class ForkServerError(RuntimeError):
 class ForkServer:
     """The server side of the fork server: spawn workers, learn when they exit."""
 
-    def __init__(self, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(self, preload: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 python: str | None = None) -> None:
         self._preload = preload
         self._env = env
+        self.python = python or sys.executable  # another environment's interpreter may run it
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn_lock = threading.Lock()
@@ -191,15 +193,26 @@ class ForkServer:
         preload = ",".join(self._preload)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         # -c rather than -m: import kernelserver from where the server got it, whatever the cwd,
-        # without putting anything on the workers' PYTHONPATH.
-        bootstrap = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                     "from kernelserver.backends.forkserver import _main; _main(sys.argv)")
+        # without putting anything on the workers' PYTHONPATH. An interpreter too old for the
+        # worker says so in one line (in syntax every Python 3 reads) instead of a SyntaxError.
+        bootstrap = (
+            "import sys, socket, json\n"
+            f"if sys.version_info < {OLDEST!r}:\n"
+            "    socket.socket(fileno=int(sys.argv[1])).send(json.dumps({'op': 'failed', 'error': "
+            f"'Python %d.%d is older than {OLDEST[0]}.{OLDEST[1]}, the oldest the worker runs on' "
+            "% sys.version_info[:2]}).encode())\n"
+            "    sys.exit(1)\n"
+            f"sys.path.insert(0, {package_parent!r})\n"
+            "from kernelserver.backends.forkserver import _main; _main(sys.argv)")
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", bootstrap, str(child.fileno()), preload],
+                [self.python, "-c", bootstrap, str(child.fileno()), preload],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
                 close_fds=True, start_new_session=True,
             )
+        except OSError as exc:
+            parent.close()
+            raise ForkServerError(f"cannot run {self.python}: {exc.strerror or exc}") from None
         finally:
             child.close()
         self._sock = parent
@@ -211,7 +224,9 @@ class ForkServer:
             raise ForkServerError(f"fork server did not start: {exc}") from None
         if ready.get("op") != Op.READY:
             self.close()
-            raise ForkServerError(f"fork server failed to start: {ready.get('error', ready)}")
+            why = ready.get("error") or (f"{self.python} exited with {self._proc.poll()}"
+                                         if self._proc is not None else "no answer")
+            raise ForkServerError(f"fork server failed to start: {why}")
         parent.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, name="forkserver-reader",
                                         daemon=True)

@@ -27,6 +27,7 @@ from .base import (
     NamespaceOptions,
     OutputSink,
     interrupted_before_start,
+    refuse_other_pythons,
     refuse_placement,
     timed_out,
 )
@@ -277,6 +278,7 @@ class InProcessBackend:
     def validate(self, options: NamespaceOptions) -> None:
         """CPUs and GPUs are placed by the ray backend; here every namespace shares the box."""
         refuse_placement(options, "inprocess", limits_memory=False)
+        refuse_other_pythons(options, "inprocess")
 
     def cluster(self) -> dict[str, Any] | None:
         """Not a cluster."""

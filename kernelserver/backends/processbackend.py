@@ -26,22 +26,31 @@ class ProcessBackend:
         self._lock = threading.Lock()
         self.forkserver = ForkServer()
         self.forkserver.start()
+        # One more per other environment a namespace runs in, started when first needed.
+        self._others: dict[str, ForkServer] = {}
         self._limits: memory_limits.Limits | None = None  # made when first asked for
         self._closed = False
 
-    def live_forkserver(self) -> ForkServer:
-        """The fork server, started anew if the last one died (a cell can kill it: every
-        namespace's worker dies with it, and new ones must still start)."""
+    def live_forkserver(self, python: str | None = None) -> ForkServer:
+        """The fork server of that interpreter (None: the server's), started anew if the last one
+        died (a cell can kill it: every namespace's worker dies with it, and new ones must still
+        start) or started for the first time."""
         with self._lock:
             if self._closed:
                 # Stopping: a worker that died meanwhile must not bring a fork server back.
                 raise ForkServerError("the server is stopping")
-            if not self.forkserver.alive:
-                self.forkserver.close()  # reaped already by its reader; releases the socket
-                fresh = ForkServer()
-                fresh.start()
-                self.forkserver = fresh
-            return self.forkserver
+            current = self.forkserver if python is None else self._others.get(python)
+            if current is None or not current.alive:
+                if current is not None:
+                    current.close()  # reaped already by its reader; releases the socket
+                # Under the lock: one start per interpreter, however many namespaces ask.
+                current = ForkServer(python=python)
+                current.start()
+                if python is None:
+                    self.forkserver = current
+                else:
+                    self._others[python] = current
+            return current
 
     def healthy(self) -> bool:
         """True when a worker can be started now (the fork server runs, or starts again)."""
@@ -80,7 +89,8 @@ class ProcessBackend:
             limit = self.config.get("memory_limit", 0)
         group = self.limits.group(namespace_id, limit) if limit else None
         try:
-            return ProcessKernel(self.live_forkserver,
+            python = options.python
+            return ProcessKernel(lambda: self.live_forkserver(python),
                                  {**self.options, "syntax": options.syntax_in(self.config)},
                                  self.config["interrupt_grace"], memory=group)
         except BaseException:
@@ -93,6 +103,8 @@ class ProcessBackend:
         with self._lock:
             self._closed = True
             self.forkserver.close()
+            for other in self._others.values():
+                other.close()
             limits = self._limits
         if limits is not None:
             limits.close()

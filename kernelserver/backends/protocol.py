@@ -12,7 +12,10 @@ import struct
 from enum import Enum
 from typing import Any
 
-import orjson
+try:
+    import orjson
+except ImportError:  # a worker in another environment: json
+    orjson = None  # type: ignore[assignment]
 
 from ..encoding import loads
 
@@ -57,6 +60,9 @@ def marker(prefix: bytes, tag: bytes) -> bytes:
     return prefix + tag + b"\x00"
 
 
+OLDEST = (3, 10)  # the oldest Python a worker runs on (requires-python)
+
+
 class ChannelClosed(EOFError):
     """The other end of the channel went away."""
 
@@ -64,6 +70,8 @@ class ChannelClosed(EOFError):
 def encode(message: dict[str, Any]) -> bytes:
     """One framed message."""
     try:
+        if orjson is None:  # a worker in another environment
+            raise TypeError("no orjson")
         body = orjson.dumps(message)
     except TypeError:  # lone surrogates (a cell's text may hold one) travel as they are
         body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(

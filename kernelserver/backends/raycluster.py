@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from ..errors import NamespaceUnavailable
 from ..results import Cell, Outcome
-from .base import ExitReason, NamespaceOptions, OutputSink, timed_out
+from .base import ExitReason, NamespaceOptions, OutputSink, refuse_other_pythons, timed_out
 
 log = logging.getLogger("kernelserver")
 
@@ -304,8 +304,8 @@ class RayBackend:
         self._actor_class = ray.remote(max_concurrency=16)(NamespaceActor)
         log.info("ray backend: connected to %s", address)
 
-    def validate(self, options: NamespaceOptions) -> None:
-        """Every request is valid: what no node has room for waits, up to start_timeout."""
+    def validate(self, options: NamespaceOptions) -> None:  # what no node has room for waits
+        refuse_other_pythons(options, "ray")
 
     def place(self, namespace_id: str, options: NamespaceOptions) -> tuple[Any, dict[str, Any]]:
         """A new actor for the namespace, started on a node with room for it (bounded wait)."""

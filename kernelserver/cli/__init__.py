@@ -16,7 +16,7 @@ import click
 from .. import __version__
 from .cells import attach, exec_, show
 from .check import check
-from .namespaces import history, interrupt, ls, restart, rm
+from .namespaces import history, interrupt, kernels, ls, restart, rm
 from .server import serve, stop, token_
 
 __all__ = ["cli", "main"]
@@ -28,8 +28,8 @@ def cli() -> None:
     """kernelserver: run Python in named, persistent namespaces over HTTP."""
 
 
-for command in (serve, stop, token_, exec_, check, ls, history, show, attach, interrupt, restart,
-                rm):
+for command in (serve, stop, token_, exec_, check, ls, kernels, history, show, attach, interrupt,
+                restart, rm):
     cli.add_command(command)
 
 

@@ -65,19 +65,21 @@ def _exit_with(final: ExecutionResult | None, as_json: bool) -> NoReturn:
 @click.option("--memory", default=None, help="Memory limit of a new namespace, e.g. 16G.")
 @click.option("--syntax", type=click.Choice(["ipython", "python"]), default=None,
               help="What a new namespace's cells are written in (default: the server's, ipython).")
+@click.option("--kernel", default=None,
+              help="The environment a new namespace runs in (`kernelserver kernels` lists them).")
 @click.argument("code")
 def exec_(url: str, token: str | None, data_dir: str | None, as_json: bool, namespace_id: str,
           timeout: float | None, gpus: float | None, cpus: float | None, memory: str | None,
-          syntax: str | None, code: str) -> None:
+          syntax: str | None, kernel: str | None, code: str) -> None:
     """Run CODE (or - for stdin) in a namespace, streaming its output; exit 1 if it fails.
 
-    --gpus, --cpus, --memory and --syntax apply when this creates the namespace. --json prints the
+    --gpus, --cpus, --memory, --syntax and --kernel apply when this creates the namespace. --json prints the
     stream's events as NDJSON, the last one the result. Ctrl-C interrupts the cell."""
     if code == "-":
         code = sys.stdin.read()
     with _session(url, token, data_dir) as client:
         namespace = client.namespace(namespace_id, num_gpus=gpus, num_cpus=cpus, memory=memory,
-                                     syntax=syntax)
+                                     syntax=syntax, kernel=kernel)
         try:
             final = _follow(namespace.stream(code, timeout=timeout), as_json)
         except KeyboardInterrupt:

@@ -82,10 +82,10 @@ def _cluster_gpu_row(cluster: dict[str, Any]) -> CheckRow:
                     '"resources": {"num_gpus": N})')
 
 
-def _code_row(client: Client, code: str) -> CheckRow:
+def _code_row(client: Client, code: str, kernel: str | None) -> CheckRow:
     import secrets as _secrets
 
-    namespace = client.namespace(f"check-{_secrets.token_hex(4)}")
+    namespace = client.namespace(f"check-{_secrets.token_hex(4)}", kernel=kernel)
     try:
         result = namespace.run(code, timeout=300)
     finally:
@@ -105,10 +105,12 @@ def _code_row(client: Client, code: str) -> CheckRow:
               help="A package that must be installed, e.g. 'torch>=2.1' (repeatable).")
 @click.option("--gpu", is_flag=True, help="Require at least one GPU (torch, jax or nvidia-smi).")
 @click.option("--code", default=None, help="Code that must run without error.")
+@click.option("--kernel", default=None,
+              help="Check this environment instead of the server's own (`kernelserver kernels`).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def check(url: str, token: str | None, data_dir: str | None, requirements: tuple[str, ...],
-          gpu: bool, code: str | None, as_json: bool) -> None:
-    """Probe the server's environment for CI; exit 1 if a requirement fails."""
+          gpu: bool, code: str | None, kernel: str | None, as_json: bool) -> None:
+    """Probe the server's environment (or one kernel's) for CI; exit 1 if a requirement fails."""
     rows: list[CheckRow] = []
 
     def report_failure(message: str) -> None:
@@ -118,7 +120,7 @@ def check(url: str, token: str | None, data_dir: str | None, requirements: tuple
                                    "checks": [asdict(r) for r in rows]}, indent=2))
 
     with _session(url, token, data_dir, on_error=report_failure) as client:
-        info = client.info()
+        info = client.info(kernel)
         probe = info.get("probe", {})
         if "error" in probe:
             rows.append(CheckRow("probe", False, str(probe["error"])))
@@ -135,7 +137,7 @@ def check(url: str, token: str | None, data_dir: str | None, requirements: tuple
         if gpu:
             rows.append(_gpu_row(probe) if cluster is None else _cluster_gpu_row(cluster))
         if code is not None:
-            rows.append(_code_row(client, code))
+            rows.append(_code_row(client, code, kernel))
     ok = all(row.ok for row in rows)
     if as_json:
         click.echo(json.dumps({"ok": ok, "url": url, "checks": [asdict(r) for r in rows],

@@ -59,6 +59,10 @@ def _preflight(config: dict[str, Any]) -> None:
 @click.option("--allow-origin", "allow_origins", multiple=True,
               help="Web page origin (https://host:port, or *) allowed to open WebSockets besides "
               "the server's own pages (repeatable).")
+@click.option("--kernel", "kernels", multiple=True, metavar="NAME=PYTHON",
+              help="Another Python environment namespaces may run in, e.g. "
+              "torch=/opt/conda/envs/torch/bin/python (repeatable; kernelspecs and conda "
+              "environments are found without it).")
 @click.option("--threads", type=int, default=None, help="Concurrent requests [64].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS certificate (PEM); serve HTTPS.")
@@ -67,8 +71,8 @@ def _preflight(config: dict[str, Any]) -> None:
 def serve(host: str | None, port: int | None, token: str | None, no_auth: bool | None,
           backend: str | None, data_dir: str | None, ray_address: str | None,
           allow_hosts: tuple[str, ...],
-          allow_origins: tuple[str, ...], threads: int | None, certfile: str | None,
-          keyfile: str | None) -> None:
+          allow_origins: tuple[str, ...], kernels: tuple[str, ...], threads: int | None,
+          certfile: str | None, keyfile: str | None) -> None:
     """Run the server under gunicorn and print its URL and token.
 
     Every other setting (limits, timeouts, the request log, ...) is a KERNELSERVER_* environment
@@ -76,7 +80,8 @@ def serve(host: str | None, port: int | None, token: str | None, no_auth: bool |
     overrides = {"host": host, "port": port, "token": token, "no_auth": no_auth,
                  "backend": backend, "data_dir": data_dir, "threads": threads,
                  "ray_address": ray_address,
-                 "allowed_hosts": allow_hosts or None, "allowed_origins": allow_origins or None}
+                 "allowed_hosts": allow_hosts or None, "allowed_origins": allow_origins or None,
+                 "kernels": kernels or None}
     try:
         config = load_config(overrides)
     except ValueError as exc:

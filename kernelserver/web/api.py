@@ -20,6 +20,7 @@ from .params import (
     field_float,
     field_int,
     field_limit,
+    field_optional_str,
     field_resources,
     field_str,
     field_stream,
@@ -50,7 +51,8 @@ def env_create() -> Response:
     namespace_id = namespace_of(data)
     options = NamespaceOptions(field_resources(data),
                                cull_idle_after=field_float(data, "cull_idle_after"),
-                               syntax=field_choice(data, "syntax", SYNTAXES))
+                               syntax=field_choice(data, "syntax", SYNTAXES),
+                               kernel=field_optional_str(data, "kernel"))
     service = current_service()
     created = service.create(namespace_id, options)
     # An existing namespace keeps the limits it was made with: the answer says which.
@@ -163,4 +165,10 @@ def openapi() -> Response:
 
 @bp.get("/info")
 def info() -> Response:
-    return json_response(current_service().info())
+    # ?kernel=NAME: the probe of that environment (`kernelserver check --kernel NAME`).
+    return json_response(current_service().info(field_optional_str(params(), "kernel")))
+
+
+@bp.get("/kernels")
+def kernels() -> Response:
+    return json_response({"kernels": current_service().kernels()})

@@ -131,6 +131,14 @@ def field_str(data: Mapping[str, Any], name: str, default: str | None = None) ->
     return value
 
 
+def field_optional_str(data: Mapping[str, Any], name: str) -> str | None:
+    """An optional string field (absent or empty: None)."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    return field_str(data, name)
+
+
 def field_choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
     """An optional string field that must be one of choices."""
     value = data.get(name)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ... import __version__
 from ...errors import KernelServerError, NamespaceNotFound, TooManyNamespaces
+from ...kernelspecs import KernelSpec
 from ...results import ErrorInfo, ExecutionResult
 from ...service import Service
 from .wire import PROTOCOL_VERSION
@@ -33,13 +34,14 @@ def kernel_info() -> dict[str, Any]:
     }
 
 
-def kernelspec() -> dict[str, Any]:
-    """The one kernelspec: Python in a kernelserver namespace."""
-    return {"name": KERNEL_NAME, "resources": {}, "spec": {
+def kernelspec(spec: KernelSpec) -> dict[str, Any]:
+    """A kernelspec as Jupyter lists it: an environment a kernelserver namespace runs in."""
+    return {"name": spec.name, "resources": {}, "spec": {
         "argv": [],  # never launched from a command: a namespace is started by the server
-        "display_name": f"Python {platform.python_version()} (kernelserver)",
-        "language": "python", "interrupt_mode": "message", "env": {},
-        "metadata": {"kernelserver": {"version": __version__}}}}
+        "display_name": spec.display_name, "language": spec.language,
+        "interrupt_mode": "message", "env": {},
+        "metadata": {"kernelserver": {"version": __version__, "python": spec.python,
+                                      "source": spec.source}}}}
 
 
 def traceback_lines(error: ErrorInfo) -> list[str]:

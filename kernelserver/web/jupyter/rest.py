@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from ... import __version__
 from ...backends.base import NamespaceOptions, Resources
 from ...errors import BadRequest, KernelServerError, NotFound, PayloadTooLarge
+from ...kernelspecs import KernelSpec
 from ...namespace import NamespaceInfo
 from .. import auth
 from ..params import current_service, field_resources, json_object, read_body, shown
@@ -36,7 +38,7 @@ def current_kernels() -> Kernels:
 def _model(info: NamespaceInfo) -> dict[str, Any]:
     # last_activity must be exactly %Y-%m-%dT%H:%M:%S.%fZ: jupyter_server parses it so.
     model: dict[str, Any] = {
-        "id": info.id, "name": replies.KERNEL_NAME, "last_activity": info.last_activity,
+        "id": info.id, "name": info.kernel, "last_activity": info.last_activity,
         "execution_state": info.state, "connections": current_kernels().connections(info.id)}
     # Where it runs and what it got (ray backend), and its limits: clients ignore unknown keys.
     placed = {k: info.details[k] for k in ("node", "resources", "cuda_visible_devices")
@@ -50,16 +52,18 @@ def _model(info: NamespaceInfo) -> dict[str, Any]:
 ENV_RESOURCES = {"KERNEL_GPUS": "num_gpus", "KERNEL_CPUS": "num_cpus", "KERNEL_MEMORY": "memory"}
 
 
-def _options(env: dict[str, Any]) -> NamespaceOptions:
+def _options(env: dict[str, Any], kernel: str) -> NamespaceOptions:
     asked = {name: env[key] for key, name in ENV_RESOURCES.items() if env.get(key) not in (None, "")}
-    options = NamespaceOptions(field_resources({"resources": asked}))
+    service = current_service()
+    options = service.resolve_kernel(NamespaceOptions(field_resources({"resources": asked}),
+                                                      kernel=kernel))
     try:
-        current_service().backend.validate(options)
+        service.backend.validate(replace(options, kernel=None, python=None))
     except BadRequest as exc:
         # A JupyterLab forwards its environment to any server: what this backend cannot place
         # is left out rather than refused (memory, a limit everywhere, stays).
         log.info("kernel start: %s; started without CPUs and GPUs", exc)
-        options = NamespaceOptions(Resources(memory=options.resources.memory))
+        options = replace(options, resources=Resources(memory=options.resources.memory))
     return options
 
 
@@ -75,15 +79,22 @@ def api_version() -> Response:
 
 @bp.get("/api/kernelspecs")
 def kernelspecs() -> Response:
+    found = current_service().kernelspecs
     return json_response({"default": replies.KERNEL_NAME,
-                          "kernelspecs": {replies.KERNEL_NAME: replies.kernelspec()}})
+                          "kernelspecs": {name: replies.kernelspec(spec) for name, spec in found.items()}})
+
+
+def _known(name: str) -> KernelSpec:
+    found = current_service().kernelspecs
+    if name not in found:
+        raise NotFound(f"no kernelspec {shown(name)}; this server has "
+                       f"{', '.join(map(repr, found))}")
+    return found[name]
 
 
 @bp.get("/api/kernelspecs/<name>")
 def kernelspec(name: str) -> Response:
-    if name != replies.KERNEL_NAME:
-        raise NotFound(f"no kernelspec {name!r}; this server has {replies.KERNEL_NAME!r}")
-    return json_response(replies.kernelspec())
+    return json_response(replies.kernelspec(_known(name)))
 
 
 @bp.get("/kernelspecs/<name>/<path:resource>")
@@ -102,12 +113,11 @@ def start_kernel() -> Response:
     name = body.get("name") or replies.KERNEL_NAME
     if not isinstance(name, str):
         raise BadRequest(f"name must be a kernelspec's name, not {shown(name)}")
-    if name != replies.KERNEL_NAME:
-        raise NotFound(f"no kernelspec {shown(name)}; this server has {replies.KERNEL_NAME!r}")
+    _known(name)
     env = body.get("env")
     if env is not None and not isinstance(env, dict):
         raise BadRequest("env must be an object")
-    options = _options(env or {})
+    options = _options(env or {}, name)
     service = current_service()
     kernel_id = str(uuid.uuid4())  # jupyter_server routes only dashed UUIDs to a gateway
     service.create(kernel_id, options)
