@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from helpers import LiveServer, jupyter_gateway
+from helpers import LiveServer, jupyter_gateway, start_server
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow
@@ -148,6 +148,21 @@ def test_jupyterlab_services_through_jupyter_server_gets_ipython_outputs(server:
     assert report["listedAfterShutdown"] == 0
     namespaces = requests.get(server.url + "/env/list", headers=server.headers, timeout=10).json()
     assert report["id"] not in [ns["id"] for ns in namespaces["envs"]]
+
+
+def test_jupyterlab_services_starts_a_kernel_by_another_name(tmp_path: Path) -> None:
+    # A second environment (issue 25): a virtualenv the server's worker runs in, by its name.
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True, timeout=120)
+    python = tmp_path / "env" / "bin" / "python"
+    live = start_server(tmp_path, env={"KERNELSERVER_KERNELS": f"second-env={python}"})
+    try:
+        report = lab_client(live.url, live.token, "--kernel=second-env")
+    finally:
+        live.stop()
+    assert report["name"] == "second-env"
+    assert report["cell"]["status"] == "ok"
+    assert report["cell"]["outputs"] == [["stream", f"{python}\n"]]
 
 
 def test_the_readmes_ci_script_runs_as_written(server: LiveServer, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 // JupyterLab's client library (@jupyterlab/services) driving a kernelserver namespace as a kernel:
 // start, kernel_info, execute, IPython syntax and display updates, restart, interrupt, shutdown.
 // Prints one JSON report on stdout.
-// Usage: node lab_client.js <baseUrl> <token> [--ipython-only]
+// Usage: node lab_client.js <baseUrl> <token> [--ipython-only | --kernel=NAME]
 // <baseUrl> is kernelserver itself, or a jupyter_server started with --gateway-url (JupyterLab's chain).
 // --ipython-only runs only the IPython cells (report.ipython), then shuts the kernel down.
 'use strict';
@@ -55,8 +55,18 @@ async function main() {
     baseUrl, wsUrl: 'ws' + baseUrl.slice(4), token, appendToken: true, WebSocket });
   const manager = new KernelManager({ serverSettings });
   await manager.ready;
-  const kernel = await manager.startNew({ name: 'python3' });
-  const report = { id: kernel.id };
+  // --kernel=NAME: start a kernel by that kernelspec name, run one cell, shut it down.
+  const named = mode && mode.startsWith('--kernel=') ? mode.slice('--kernel='.length) : null;
+  const kernel = await manager.startNew({ name: named || 'python3' });
+  const report = { id: kernel.id, name: kernel.name };
+  if (named) {
+    report.cell = await run(kernel, 'import sys\nprint(sys.executable)');
+    await kernel.shutdown();
+    manager.dispose();
+    clearTimeout(timer);
+    console.log('REPORT ' + JSON.stringify(report));
+    process.exit(0);
+  }
   const info = await kernel.info;
   report.info = { protocol: info.protocol_version, language: info.language_info.name,
                   implementation: info.implementation };
