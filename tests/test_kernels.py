@@ -214,3 +214,21 @@ def test_a_bad_kernels_setting_stops_the_server_in_one_line(tmp_path: Path) -> N
                            str(tmp_path), "--kernel", "no-equals-sign"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and "NAME=PYTHON" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_fork_server_outlives_the_namespace_that_started_it(server: LiveServer) -> None:
+    # Linux's parent-death signal follows the *thread* that forked: an environment's fork server,
+    # started from the thread of its first namespace, used to die with that namespace and take
+    # every worker it forked along (a restarted fork server of the server's own likewise).
+    def ppid(namespace: str) -> str:
+        return str(run(server, namespace, "import os\nos.getppid()")["result"]["text/plain"])
+
+    post(server, "/env/create", {"id": "fs-first", "kernel": "venv"})
+    forkserver = ppid("fs-first")
+    post(server, "/env/create", {"id": "fs-second", "kernel": "venv"})
+    run(server, "fs-second", "kept = 'here'")
+    assert post(server, "/env/delete", {"id": "fs-first"}).status_code == 200
+    answer = run(server, "fs-second", "kept")
+    assert answer["result"] == {"text/plain": "'here'"} and not answer["restarted"], answer
+    post(server, "/env/create", {"id": "fs-third", "kernel": "venv"})
+    assert ppid("fs-second") == ppid("fs-third") == forkserver

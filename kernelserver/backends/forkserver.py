@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import proctree
@@ -162,6 +163,31 @@ def serve(fd: int) -> None:
             send({"op": Op.SPAWNED, "pid": pid})
 
 
+_launcher: tuple[int, ThreadPoolExecutor] | None = None  # (its process, one long-lived thread)
+_launcher_lock = threading.Lock()
+
+
+def _popen_from_a_lasting_thread(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen, called on a thread that lives as long as this process.
+
+    The fork server dies with its parent (PR_SET_PDEATHSIG), and Linux reads "parent" as the
+    *thread* that forked it: started from a namespace's thread (another environment's fork
+    server, or one restarted after a cell killed it), it would die with that namespace, and
+    every worker with it.
+    """
+    global _launcher
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(argv, **kwargs)
+    with _launcher_lock:
+        if _launcher is None or _launcher[0] != os.getpid():  # none yet, or made before a fork
+            _launcher = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="forkserver-launcher"))
+        pool = _launcher[1]
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, **kwargs)
+
+    return pool.submit(popen).result()
+
+
 class ForkServerError(RuntimeError):
     """The fork server could not start or could not fork a worker."""
 
@@ -205,7 +231,7 @@ class ForkServer:
             f"sys.path.insert(0, {package_parent!r})\n"
             "from kernelserver.backends.forkserver import _main; _main(sys.argv)")
         try:
-            self._proc = subprocess.Popen(
+            self._proc = _popen_from_a_lasting_thread(
                 [self.python, "-c", bootstrap, str(child.fileno()), preload],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
                 close_fds=True, start_new_session=True,
