@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ try:
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support.select import Select
 except ImportError:  # pragma: no cover - the test extra installs it
     webdriver = None
 
@@ -48,8 +50,11 @@ CONTROLS = ("ns", "run", "interrupt", "restart")  # the header's, for a signed-i
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A real server that made its own token, as `kernelserver serve` run by hand does."""
-    live = start_server(tmp_path_factory.mktemp("console"), token="")
+    """A real server that made its own token, as `kernelserver serve` run by hand does, with two
+    kernels besides its own: the same Python by another name, and one whose Python is missing."""
+    tmp = tmp_path_factory.mktemp("console")
+    kernels = f"second={sys.executable},broken={tmp / 'no-such-python'}"
+    live = start_server(tmp, token="", env={"KERNELSERVER_KERNELS": kernels})
     yield live
     live.stop()
 
@@ -60,6 +65,15 @@ def printed_url(server: LiveServer) -> str:
     found = re.search(r"^console: (\S+)$", server.output(), re.M)
     assert found, server.output()
     return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def api(server: LiveServer, printed_url: str) -> Iterator[requests.Session]:
+    """The server's API with the token it printed, to check what the console did."""
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer " + printed_url.split("#token=")[1]
+    yield session
+    session.close()
 
 
 @pytest.fixture(scope="module")
@@ -307,12 +321,15 @@ def test_namespaces_and_history(page: WebDriver) -> None:
     wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == name)
     row = f"#namespaces tr[data-id='{name}']"
     wait_for(lambda: page.find_element(By.CSS_SELECTOR, row + " .state").text == "idle")
+    # Made in the server's own Python, the picker's default, and the console says so.
+    assert page.find_element(By.CSS_SELECTOR, row + " td.kernel").text == "python3"
+    assert page.find_element(By.ID, "kernel").text == "python3"
     first = run_cell(page, "x = 20\nprint('first cell')")
     wait_for(lambda: finished(first))
     second = run_cell(page, "x + 1")
     wait_for(lambda: finished(second))
     assert second.find_element(By.CSS_SELECTOR, ".result pre").text == "21"
-    assert page.find_element(By.CSS_SELECTOR, row + " td:nth-child(3)").text.endswith("MiB")
+    assert page.find_element(By.CSS_SELECTOR, row + " td.memory").text.endswith("MiB")
     # At 1280 px the sidebar keeps each namespace on one line: id, state, memory, Delete.
     assert page.execute_script("return innerWidth") == 1280
     assert page.execute_script(
@@ -347,6 +364,68 @@ def test_namespaces_and_history(page: WebDriver) -> None:
     delete.click()
     wait_for(lambda: not page.find_elements(By.CSS_SELECTOR, row))
     wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == "default")
+
+
+def kernel_picker(page: WebDriver) -> Select:
+    """The create form's kernel <select>, once the server's list of kernels filled it."""
+    wait_for(lambda: page.find_element(By.ID, "new-kernel").get_attribute("data-loaded"))
+    return Select(page.find_element(By.ID, "new-kernel"))
+
+
+def test_a_namespace_runs_in_the_kernel_picked(page: WebDriver, api: requests.Session,
+                                               server: LiveServer) -> None:
+    picker = kernel_picker(page)
+    assert [option.get_attribute("value") for option in picker.options] \
+        == ["python3", "second", "broken"]
+    assert picker.first_selected_option.get_attribute("value") == "python3"
+    version = ".".join(map(str, sys.version_info[:3]))
+    assert picker.options[1].text == f"second (Python {version})"
+    assert "cannot start" in picker.options[2].text
+    name = "exp-console-second"
+    picker.select_by_value("second")
+    page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
+    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == name)
+    try:
+        answer = api.post(server.url + "/env/get", json={"id": name}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["kernel"] == "second"
+        # The console shows it in its list and in the header, beside the namespace's state.
+        row = f"#namespaces tr[data-id='{name}']"
+        wait_for(lambda: page.find_element(By.CSS_SELECTOR, row + " td.kernel").text == "second")
+        wait_for(lambda: page.find_element(By.ID, "kernel").text == "second")
+        assert sys.executable in page.find_element(By.ID, "kernel").get_attribute("title")
+        assert page.find_element(By.ID, "create-error").text == ""
+        cell = run_cell(page, "import sys\nprint(sys.version_info[:2])\n6 * 7")
+        wait_for(lambda: finished(cell))
+        assert cell.get_attribute("data-status") == "ok"
+        assert cell.find_element(By.CSS_SELECTOR, ".out .result pre").text == "42"
+        assert cell.find_element(By.CSS_SELECTOR, ".out pre.stdout").text \
+            == str(tuple(sys.version_info[:2]))
+        # The same id again with python3 picked: it exists and keeps its kernel, and says so.
+        picker.select_by_value("python3")
+        page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
+        wait_for(lambda: "runs in second" in page.find_element(By.ID, "create-error").text)
+        assert api.post(server.url + "/env/get", json={"id": name}, timeout=10).json()["kernel"] \
+            == "second"
+    finally:
+        api.post(server.url + "/env/delete", json={"id": name}, timeout=30)
+
+
+def test_a_kernel_that_cannot_start_says_why_by_the_form(page: WebDriver, api: requests.Session,
+                                                        server: LiveServer) -> None:
+    name = "exp-console-broken"
+    kernel_picker(page).select_by_value("broken")
+    page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
+    error = page.find_element(By.ID, "create-error")
+    wait_for(lambda: error.text)
+    # The server's 503 in its own words, next to the form that asked, as text.
+    assert error.text.startswith(f"{name}: could not start a worker")
+    assert "no-such-python" in error.text and error.is_displayed()
+    assert not error.find_elements(By.XPATH, "./*")
+    assert page.find_element(By.ID, "ns").get_attribute("value") == "default"
+    assert page.find_element(By.ID, "new-id").get_attribute("value") == name  # to fix and retry
+    listed = api.get(server.url + "/env/list", timeout=10).json()["envs"]
+    assert name not in [env["id"] for env in listed]
+    assert not page.find_elements(By.CSS_SELECTOR, f"#namespaces tr[data-id='{name}']")
 
 
 def test_without_a_token_it_asks_and_a_wrong_one_says_so(browser: WebDriver, printed_url: str,

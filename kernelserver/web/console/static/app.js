@@ -19,6 +19,7 @@ let recallAt = 0;
 let pollTimer = null;
 let listAsked = 0;  // calls of refreshNamespaces so far
 let listShown = 0;  // the newest of them whose answer the page shows
+let kernels = new Map();  // name -> the server's GET /kernels row, once it answered
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -110,6 +111,8 @@ async function connect() {
   signedIn(true);
   $("editor").focus();
   refreshHistory();
+  // The picker keeps its python3 where the list does not come: the server's default still works.
+  refreshKernels().catch(() => {});
   clearInterval(pollTimer);
   pollTimer = setInterval(() => {
     if (!document.hidden) refreshNamespaces().catch(() => {});
@@ -819,6 +822,35 @@ async function readStream(response, handle) {
   return finished;
 }
 
+// -- kernels: the Python environments a namespace can run in --
+
+function kernelTitle(name) {
+  const info = kernels.get(name);
+  if (!info) return `kernel ${name}`;
+  const where = info.display_name.includes(info.python) ? "" : `, ${info.python}`;
+  const title = `kernel ${name}: ${info.display_name}${where}`;
+  return info.why ? `${title} (${info.why})` : title;
+}
+
+async function refreshKernels() {
+  const answer = await api("GET", "/kernels");
+  kernels = new Map(answer.kernels.map((info) => [info.name, info]));
+  const select = $("new-kernel");
+  const chosen = select.value;
+  select.replaceChildren(...answer.kernels.map((info) => {
+    // Text only (new Option sets text, not markup). One that cannot start stays choosable, so
+    // the server's own words say why when it is tried; the label warns first.
+    const label = info.version ? `${info.name} (Python ${info.version})` : info.name;
+    const option = new Option(info.starts === false ? `${label}: cannot start` : label, info.name);
+    option.title = kernelTitle(info.name);
+    return option;
+  }));
+  select.value = kernels.has(chosen) ? chosen : kernels.has("python3") ? "python3" : select.value;
+  select.dataset.loaded = "1";
+  // Titles of rows shown before the list came.
+  refreshNamespaces().catch(() => {});
+}
+
 // -- namespaces and history --
 
 function bytes(count) {
@@ -871,6 +903,10 @@ async function refreshNamespaces() {
   const state = $("state");
   state.textContent = mine ? mine.state : "not created yet";
   state.className = `state ${mine ? mine.state : ""}`;
+  const kernel = $("kernel");
+  kernel.hidden = !(mine && mine.kernel);
+  setText(kernel, mine && mine.kernel ? mine.kernel : "");
+  kernel.title = mine && mine.kernel ? `${kernelTitle(mine.kernel)}: the Python this namespace runs in` : "";
   return envs;
 }
 
@@ -880,8 +916,9 @@ function namespaceRow(id) {
   const name = row.insertCell().appendChild(element("button", "link", id));
   name.title = `Use namespace ${id}`;
   name.addEventListener("click", () => choose(id));
+  row.insertCell().className = "kernel";
   row.insertCell().appendChild(element("span", "state"));
-  row.insertCell();
+  row.insertCell().className = "memory";
   const remove = row.insertCell().appendChild(element("button", "delete", "Delete"));
   remove.title = `Delete namespace ${id}`;
   armed(remove, "Delete", () => removeNamespace(id));
@@ -903,12 +940,20 @@ function showNamespaces(envs) {
     rows.delete(info.id);
     if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] || null);
     row.classList.toggle("current", info.id === current);
-    const state = row.cells[1].firstChild;
+    const kernel = row.cells[1];
+    setText(kernel, info.kernel || "");
+    const title = info.kernel ? kernelTitle(info.kernel) : "";
+    if (kernel.title !== title) kernel.title = title;
+    const state = row.cells[2].firstChild;
     setText(state, info.state);
     if (state.className !== `state ${info.state}`) state.className = `state ${info.state}`;
-    setText(row.cells[2], bytes(info.memory_rss));
+    setText(row.cells[3], bytes(info.memory_rss));
   });
   for (const gone of rows.values()) gone.remove();
+  // A server with one kernel (most): no picker, no column that says python3 on every row; the
+  // header still names it.
+  const many = kernels.size > 1 || envs.some((info) => info.kernel && info.kernel !== "python3");
+  $("app").classList.toggle("one-kernel", !many);
   // How many answers the list has shown: a test (or a person) can see that a poll happened.
   table.dataset.refreshes = String(Number(table.dataset.refreshes || 0) + 1);
 }
@@ -959,6 +1004,30 @@ async function removeNamespace(id) {
     else refreshNamespaces();
   } catch (error) {
     notice(error.message);
+  }
+}
+
+async function createNamespace(event) {
+  event.preventDefault();
+  const shown = $("create-error");
+  const id = $("new-id").value.trim();
+  const kernel = $("new-kernel").value;
+  if (!id) return;
+  shown.textContent = "";
+  let answer;
+  try {
+    answer = await api("POST", "/env/create", kernel ? {id, kernel} : {id});
+  } catch (error) {
+    // By the form, in the server's words: an unknown kernel (400), one whose Python cannot
+    // start (503), a bad id.
+    shown.textContent = error.status === 401 ? "" : `${id}: ${error.message}`;
+    return;
+  }
+  $("new-id").value = "";
+  choose(id);
+  // An id that exists keeps its kernel: create answers 200 with it, not an error.
+  if (!answer.created && answer.kernel && kernel && answer.kernel !== kernel) {
+    shown.textContent = `${id} exists already and runs in ${answer.kernel}, not ${kernel}`;
   }
 }
 
@@ -1032,18 +1101,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("token").value = "";
     connect();
   });
-  $("create-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const id = $("new-id").value.trim();
-    if (!id) return;
-    try {
-      await api("POST", "/env/create", {id});
-      $("new-id").value = "";
-      choose(id);
-    } catch (error) {
-      notice(error.message);
-    }
-  });
+  $("create-form").addEventListener("submit", createNamespace);
   window.addEventListener("message", fitFrame);
   // A #token= pasted into the open page changes only the fragment: no reload, so read it here.
   window.addEventListener("hashchange", () => {
