@@ -50,6 +50,10 @@ def table(results: dict[str, Any]) -> str:
         ("namespace ready (create → first result)", f"{st['median_ms']['kernelserver']:.1f} ms",
          f"Jupyter kernel start {st['median_ms']['jupyter']:.0f} ms",
          f"1/{1 / st['fraction_of_jupyter']:.0f}", "≤ 1/30", st["fraction_of_jupyter"] <= 1 / 30),
+        ("… in another Python environment", f"{st['median_ms']['other_env']:.1f} ms",
+         f"the server's own {st['median_ms']['kernelserver']:.1f} ms (first, with its fork server: "
+         f"{st['first_in_other_env_ms']:.0f} ms)", f"{st['other_env_vs_own']:.2f}×", "≤ 2×",
+         st["other_env_vs_own"] <= 2),
         (f"{out['megabytes']:.0f} MB printed, streamed", f"{out['best_mb_per_s']['streamed']:.0f} MB/s",
          f"Jupyter {out['best_mb_per_s']['jupyter']:.1f} MB/s", f"{out['streamed_vs_jupyter']:.1f}×",
          "≥ 8×", out["streamed_vs_jupyter"] >= 8),
