@@ -107,8 +107,8 @@ def latest_execution(server: LiveServer, namespace_id: str = "default") -> dict[
 
 def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "http",
                  env: dict[str, str] | None = None, data_dir: Path | None = None,
-                 verify: Any = True) -> LiveServer:
-    """Start `kernelserver serve` on a free port and wait until /health answers."""
+                 verify: Any = True, up_within: float = 30.0) -> LiveServer:
+    """Start `kernelserver serve` on a free port and wait (up_within s) until /health answers."""
     port = free_port()
     data_dir = data_dir or tmp_path / "server-data"
     log = tmp_path / f"server-{port}.log"
@@ -123,7 +123,7 @@ def start_server(tmp_path: Path, *args: str, token: str = TOKEN, scheme: str = "
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, text=True,
                             env=full_env)
     url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + up_within
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             handle.close()
