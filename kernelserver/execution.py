@@ -22,6 +22,7 @@ from .results import (
     OutputEvent,
     ResultEvent,
     StartedEvent,
+    ValueEvent,
 )
 from .subscriptions import LISTENER_QUEUE_EVENTS, Hub, Listener, Subscription, weight
 
@@ -203,8 +204,7 @@ class Execution:
         """Record and broadcast a display, or (update) new data for the displays shown with its id."""
         with self._cond:
             if update:
-                # In place: the answer holds each display's last state. An id shown by an
-                # earlier cell changes nothing here; the event still goes to the clients.
+                # In place (an earlier cell's id changes nothing here; clients get the event).
                 for i, shown in enumerate(self._display_ids):
                     if shown == display_id:
                         self.displays[i] = bundle
@@ -216,9 +216,13 @@ class Execution:
             listeners = list(self._listeners)
         self._emit(listeners, DisplayEvent(bundle, display_id, update))
 
+    def publish_value(self, bundle: dict[str, Any]) -> None:
+        """The value before its figures, for watchers (Jupyter); streams get it with the result."""
+        if self._hub is not None:
+            self._hub.publish(self, ValueEvent(bundle))
+
     def clear_output(self, wait: bool = False) -> None:
-        """The cell cleared its output: the answer keeps what comes after (with wait, from the
-        next output on, so a redrawn status never flickers empty)."""
+        """The cell cleared its output: the answer keeps what comes after (with wait: the next)."""
         with self._cond:
             if wait:
                 self._clear_pending = True

@@ -30,11 +30,8 @@ class ResultSource(Protocol):
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """What went wrong in a cell: exception name, its message, and the formatted traceback.
-
-    Read it by attribute (error.ename) or, like the JSON it comes from, by key (error["ename"],
-    error.get("evalue"), "traceback" in error, dict(error)).
-    """
+    """What went wrong in a cell: exception name, message, formatted traceback; read it by
+    attribute (error.ename) or, like its JSON, by key (error["ename"], .get(), in, dict())."""
 
     ename: str
     evalue: str
@@ -260,9 +257,8 @@ class OutputEvent:
 class DisplayEvent:
     """One rich display (a MIME bundle), in its place among the printed text.
 
-    With a display_id (IPython's display(x, display_id=True)) it can be replaced later: an
-    update carries the same id and new data for every display shown with it (Jupyter's
-    update_display_data), and adds no display of its own.
+    With a display_id it can be replaced later: an update carries the same id and new data for
+    every display shown with it (Jupyter's update_display_data), and adds no display of its own.
     """
 
     data: dict[str, Any]
@@ -276,6 +272,17 @@ class DisplayEvent:
         if self.display_id is not None:
             found["display_id"] = self.display_id
         return found
+
+
+@dataclass(frozen=True)
+class ValueEvent:
+    """The cell's value before the figures it drew (only then): Jupyter's execute_result."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"event": "value", "data": {...}}."""
+        return {"event": "value", "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -363,8 +370,8 @@ class InputRequestEvent:
         return {"event": "input_request", "prompt": self.prompt, "password": self.password}
 
 
-Event = (OutputEvent | DisplayEvent | ClearEvent | ResultEvent | KeepaliveEvent | StreamErrorEvent
-         | StartedEvent | StateEvent | InputRequestEvent)
+Event = (OutputEvent | DisplayEvent | ClearEvent | ValueEvent | ResultEvent | KeepaliveEvent
+         | StreamErrorEvent | StartedEvent | StateEvent | InputRequestEvent)
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:

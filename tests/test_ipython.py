@@ -341,3 +341,18 @@ def test_the_cli_and_the_client_choose_the_syntax(server: LiveServer) -> None:
                            "!echo from-the-cli"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "KERNELSERVER_TOKEN": server.token})
     assert done.returncode == 0 and done.stdout == "from-the-cli\n", done.stdout + done.stderr
+
+
+def test_a_figures_value_comes_before_its_figure_as_in_ipykernel(client: KernelClient,
+                                                                 server: LiveServer) -> None:
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\n'the value'"
+    _, seen = client.execute(code)
+    order = [m["msg_type"] for m in seen if m["msg_type"] in ("execute_result", "display_data")]
+    assert order == ["execute_result", "display_data"], order
+    assert "image/png" in of_type(seen, "display_data")[0]["content"]["data"]
+    _, seen = client.execute("'no figure'")  # the value once, as before
+    assert [m["content"]["data"] for m in of_type(seen, "execute_result")] == [
+        {"text/plain": "'no figure'"}]
+    answer = run(server, code)  # the v1 answer is unchanged: the value, and the figure displayed
+    assert answer["result"] == {"text/plain": "'the value'"}
+    assert [sorted(d) for d in answer["displays"]] == [["image/png", "text/plain"]]

@@ -35,6 +35,9 @@ class OutputSink(Protocol):
     def clear_output(self, wait: bool = False) -> None:
         """The cell cleared its output; with wait, the clearing happens when the next output comes."""
 
+    def publish_value(self, bundle: dict[str, Any]) -> None:
+        """The cell's value, before the figures it drew (the answer's result carries it too)."""
+
     def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
         """The cell waits in input(): pass the line to reply() once the client gives it."""
 

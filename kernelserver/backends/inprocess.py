@@ -146,7 +146,7 @@ class InProcessKernel:
     def _new_executor(self) -> Executor:
         return Executor(repr_limit=self.repr_limit, on_display=self._display,
                         syntax="ipython" if self.syntax == "ipython" else "python",
-                        on_clear=self._clear)
+                        on_clear=self._clear, on_value=self._value)
 
     def _display(self, bundle: dict[str, Any], *, display_id: str | None = None,
                  update: bool = False, metadata: dict[str, Any] | None = None) -> None:
@@ -156,6 +156,10 @@ class InProcessKernel:
     def _clear(self, wait: bool) -> None:
         if self._sink is not None:
             self._sink.clear_output(wait)
+
+    def _value(self, bundle: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.publish_value(bundle)
 
     def execute(self, cell: Cell, execution_count: int, sink: OutputSink) -> Outcome:
         """Run the cell on this thread with its output routed to sink."""

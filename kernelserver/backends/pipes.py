@@ -121,6 +121,8 @@ def deliver_display(sink: OutputSink, message: dict[str, Any]) -> None:
     """A worker's display message into the sink: a display, an update of one, or a clear."""
     if "clear" in message:
         sink.clear_output(bool(message["clear"]))
+    elif "value" in message:
+        sink.publish_value(message["value"])
     elif message.get("display_id") is not None:
         sink.add_display(message["data"], str(message["display_id"]), bool(message.get("update")))
     else:

@@ -55,6 +55,9 @@ class _Sink:
     def clear_output(self, wait: bool = False) -> None:
         self._items.put(("c", wait))
 
+    def publish_value(self, bundle: dict[str, Any]) -> None:
+        self._items.put(("v", bundle))
+
     def request_input(self, prompt: str, password: bool, reply: Callable[[str], None]) -> None:
         self._actor.pending_input = reply
         self._items.put(("i", prompt, password))

@@ -180,8 +180,8 @@ class RayKernel:
                         sink.write_stderr(item[1])
                     elif kind == "d":
                         sink.add_display(*item[1:])
-                    elif kind == "c":
-                        sink.clear_output(item[1])
+                    elif kind in ("c", "v"):
+                        (sink.clear_output if kind == "c" else sink.publish_value)(item[1])
                     elif kind == "i":
                         sink.request_input(item[1], item[2], self._answer_input)
                     elif kind == "r":

@@ -311,6 +311,9 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
     def on_clear(wait: bool) -> None:
         place({"clear": wait})
 
+    def on_value(bundle: dict[str, Any]) -> None:
+        place({"value": bundle})
+
     inbox = _Inbox(ctl)
     input_seq = 0
 
@@ -330,7 +333,7 @@ def main(ctl: socket.socket, query: socket.socket, prefix: bytes, options: dict[
 
     executor = Executor(main_module.__dict__, repr_limit=options.get("repr_limit", 1 << 20),
                         on_display=on_display, syntax=options.get("syntax", "python"),
-                        on_clear=on_clear)
+                        on_clear=on_clear, on_value=on_value)
     getpass.getpass = executor.getpass  # as ipykernel does
     interruptible = Interruptible()
     signal.signal(signal.SIGINT, interruptible.handler)

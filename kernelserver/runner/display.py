@@ -174,6 +174,12 @@ def _figure_png(obj: Any) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def figures_open() -> bool:
+    """True when the cell left matplotlib figures that flush_figures() will publish."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    return pyplot is not None and bool(pyplot.get_fignums())
+
+
 def flush_figures(limit: int = 1024 * 1024) -> None:
     """Publish every open matplotlib figure as a PNG display, then close them all.
 

@@ -20,6 +20,7 @@ from .display import (
     bound_bundle,
     current_publisher,
     describe_variable,
+    figures_open,
     flush_figures,
     is_user_variable,
     mimebundle,
@@ -109,6 +110,7 @@ class Executor:
         on_display: Callable[..., None] | None = None,
         syntax: Syntax = "python",
         on_clear: ClearSink | None = None,
+        on_value: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if syntax not in ("python", "ipython"):
             raise ValueError(f"syntax must be 'python' or 'ipython', not {syntax!r}")
@@ -118,6 +120,8 @@ class Executor:
         # only in the Outcome, so it is known even when an interrupt escapes the cell.
         self.truncated = False
         self.on_display = on_display or (lambda bundle: None)
+        # The cell's value, published before the figures it drew (else it goes with the answer).
+        self.on_value = on_value or (lambda bundle: None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stdin: Stdin = _no_input  # the running cell's, when it may ask for input
         user_builtins = dict(vars(builtins))
@@ -266,8 +270,8 @@ class Executor:
             self._error = exc
             self._flush_figures()
             return Outcome("error", error=format_error(exc))
-        self._flush_figures()
         if value is None:
+            self._flush_figures()
             return Outcome("ok")
         shell = self.shell
         if shell is None:
@@ -275,11 +279,18 @@ class Executor:
         try:
             # The shell keeps Out[n] and rotates _, __, ___ (leaving a `_` the user set alone).
             if shell is not None and not shell.store_result(value):
+                self._flush_figures()
                 return Outcome("ok")  # a trailing ';' hides the value
             bundle = mimebundle(value, self.repr_limit)
         except BaseException as exc:  # noqa: BLE001
             self._error = exc
+            self._flush_figures()
             return Outcome("error", error=format_error(exc))
+        if figures_open():
+            # As ipykernel: the value (execute_result) before the figures the cell drew, which
+            # are published after it. Only then: a plain cell's value travels with its answer.
+            self.on_value(bundle)
+        self._flush_figures()
         return Outcome("ok", result=bundle)
 
     def _flush_figures(self) -> None:

@@ -19,6 +19,7 @@ from ...results import (
     ResultEvent,
     StartedEvent,
     StateEvent,
+    ValueEvent,
 )
 from ...service import Service
 from ...subscriptions import NamespaceEvent
@@ -61,6 +62,7 @@ class JupyterKernel:
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._last_parent: tuple[Execution, dict[str, Any]] | None = None
+        self._valued: Execution | None = None  # whose execute_result went out before its figures
         # The shutdown_request a restart on this thread answers: its iopub shutdown_reply's parent.
         self._restart_request = threading.local()
         self._relay = kernels.service.relay(namespace_id, self._handle)
@@ -220,6 +222,12 @@ class JupyterKernel:
         elif isinstance(event, OutputEvent):
             if not quiet:
                 self.broadcast(self.iopub("stream", {"name": event.stream, "text": event.text}, parent))
+        elif isinstance(event, ValueEvent):
+            if not quiet:
+                self._valued = execution
+                self.broadcast(self.iopub("execute_result", {
+                    "execution_count": execution.execution_count, "data": event.data,
+                    "metadata": {}}, parent))
         elif isinstance(event, DisplayEvent):
             if not quiet:
                 transient = {} if event.display_id is None else {"display_id": event.display_id}
@@ -247,7 +255,8 @@ class JupyterKernel:
         if ran:
             self.running_parent = None
         if ran and not quiet:
-            if result.ok and result.result is not None:
+            valued, self._valued = self._valued is execution, None
+            if result.ok and result.result is not None and not valued:
                 self.broadcast(self.iopub("execute_result", {
                     "execution_count": result.execution_count, "data": result.result,
                     "metadata": {}}, parent))
