@@ -13,6 +13,7 @@ Messages on its SOCK_SEQPACKET socket are JSON, one per packet:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -381,6 +382,11 @@ def _main(argv: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - a broken IPython costs speed, not the server
         print(f"kernelserver: IPython not preloaded ({type(exc).__name__}: {exc}); "
               "namespaces load it themselves", file=sys.stderr)
+    # Everything imported so far into the permanent generation: a worker's collections then
+    # never walk (and, by touching, copy) the pages it shares with this process. A namespace
+    # starts in ~2 ms instead of 2-20 ms, and keeps fewer pages of its own.
+    gc.collect()
+    gc.freeze()
     _tell(sock, {"op": Op.READY})
     sock.detach()
     serve(fd)
