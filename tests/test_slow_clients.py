@@ -26,13 +26,12 @@ def test_forty_stalled_half_requests_do_not_block_health_or_execute(tmp_path: Pa
                                       b"Bearer " + server.token.encode() + b"\r\n")
     stalled = []
     try:
-        baseline = _socket_fds(server)
         for i in range(40):
             sock = _connect(server)
             stalled.append(sock)
             sock.sendall(HALF_REQUEST[:40] if i % 2 else authorized)
         # every one of them has reached the server: accepted, and what it sent read
-        assert wait_until(lambda: _all_reached_the_server(server, 40, baseline), 10)
+        assert wait_until(lambda: _all_reached_the_server(server, 40), 10)
         timings = [_timed_health_and_execute(server) for _ in range(3)]
         print(f"\n40 stalled half requests: /health and execute took {timings} s")
         assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
@@ -71,22 +70,23 @@ def _connect(server: LiveServer) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
-def _server_side_connections(server: LiveServer) -> list[int]:
-    """The unread byte counts (rx_queue) of the server's ESTABLISHED sides of connections to it."""
+def _server_side_connections(server: LiveServer) -> list[tuple[int, int]]:
+    """(socket inode, unread bytes) of the server's ESTABLISHED sides of connections to it (inode
+    0 while a connection waits in the backlog, not yet accepted)."""
     port = int(server.url.rsplit(":", 1)[1])
-    unread = []
+    found = []
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
             if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
-                unread.append(int(fields[4].split(":")[1], 16))
-    return unread
+                found.append((int(fields[9]), int(fields[4].split(":")[1], 16)))
+    return found
 
 
-def _socket_fds(server: LiveServer) -> int:
-    """How many sockets the server's processes hold open (accepted connections among them)."""
-    count = 0
+def _socket_inodes(server: LiveServer) -> set[int]:
+    """The inodes of the sockets the server's processes hold open."""
+    inodes = set()
     for pid in process_tree(server.proc.pid):
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
@@ -94,17 +94,19 @@ def _socket_fds(server: LiveServer) -> int:
             continue
         for fd in fds:
             try:
-                count += fd.readlink().as_posix().startswith("socket:")
+                target = fd.readlink().as_posix()
             except OSError:
                 continue
-    return count
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
 
 
-def _all_reached_the_server(server: LiveServer, count: int, baseline_fds: int) -> bool:
+def _all_reached_the_server(server: LiveServer, count: int) -> bool:
     """count connections are accepted by the server process and all they sent has been read."""
-    unread = _server_side_connections(server)
-    return (len(unread) >= count and not any(unread)
-            and _socket_fds(server) >= baseline_fds + count)
+    held = _socket_inodes(server)
+    accepted = [unread for inode, unread in _server_side_connections(server) if inode in held]
+    return len(accepted) >= count and not any(accepted)
 
 
 def _read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
@@ -156,7 +158,6 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     held = []
     try:
-        baseline = _socket_fds(server)
         for i in range(120):
             sock = _connect(server)
             held.append(sock)  # the third kind sends nothing at all
@@ -165,7 +166,7 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
             elif i % 3 == 1:
                 sock.sendall(b"GET /health HTTP/1.1\r\n")
         # every one of them has reached the server: accepted, and what it sent read
-        assert wait_until(lambda: _all_reached_the_server(server, 120, baseline), 10)
+        assert wait_until(lambda: _all_reached_the_server(server, 120), 10)
         timings = [_timed_health_and_execute(server) for _ in range(3)]
         print(f"\n120 stalled connections, 4 threads: /health and execute took {timings} s")
         assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
@@ -203,8 +204,7 @@ def test_pipelined_requests_and_bodies_sent_with_their_headers_are_answered(live
         sock.sendall(b"\r\n" + health + post + health[:10])  # the last one split mid-line
         # the first half of the split line has reached the server, and been read, before the
         # rest is sent
-        assert wait_until(lambda: (unread := _server_side_connections(live_server)) != []
-                          and not any(unread), 10)
+        assert wait_until(lambda: _all_reached_the_server(live_server, 1), 10)
         sock.sendall(health[10:] + last)
         answer, _ = _read_until_closed(sock)
     assert answer.count(b"HTTP/1.1 200 OK") == 4, answer
