@@ -274,3 +274,41 @@ def test_cell_that_points_fd_1_and_2_elsewhere_is_answered_at_once(papi: ApiClie
     assert log.read_text() == "into the file\n"
     papi.run("os.dup2(saved[0], 1)\nos.dup2(saved[1], 2)")
     assert papi.run("print('back')")["stdout"] == "back\n"
+
+
+def test_the_fork_servers_reader_survives_a_close_between_two_reads() -> None:
+    # close() sets the socket attribute to None while the reader thread may be between two
+    # reads: the reader used to read it again and die with AttributeError (a traceback in the
+    # server's log at every stop that hit the gap).
+    server = ForkServer()
+    server.start()
+    real, process = server._sock, server._proc
+    assert real is not None and server._reader is not None
+    failures: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: failures.append(args.exc_value)
+
+    class Racing:
+        """The reader's socket: its next read is where close() lands, then the end."""
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def recv(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads == 1:
+                server._sock = None  # what close() does, between this read and the next
+                return b'{"op": "exit", "pid": 1, "status": 0}'
+            return b""
+
+    try:
+        # A second reader on the racing socket, as the first would be after its next wake-up.
+        server._sock = Racing()  # type: ignore[assignment]
+        reader = threading.Thread(target=server._read_loop, name="forkserver-reader-race")
+        server._proc = None  # that reader must not reap the real process: close() below does
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive() and failures == [], failures
+    finally:
+        threading.excepthook = hook
+        server._sock, server._proc = real, process
+        server.close()

@@ -270,10 +270,11 @@ class ForkServer:
         return self._sock is not None and not self._closed
 
     def _read_loop(self) -> None:
-        assert self._sock is not None
+        sock = self._sock  # close() may set the attribute to None while this reads
+        assert sock is not None
         while True:
             try:
-                data = self._sock.recv(MAX_PACKET)
+                data = sock.recv(MAX_PACKET)
             except OSError:
                 data = b""
             with self._cond:
