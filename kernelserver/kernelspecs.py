@@ -1,5 +1,6 @@
-"""The box's Python environments a namespace may run in: the server's own, configured ones,
-Python kernelspecs, and conda environments. Each runs kernelserver's own worker.
+"""The box's environments a namespace may run in: the server's own Python, configured ones,
+Python kernelspecs and conda environments (each runs kernelserver's own worker), and every other
+installed Jupyter kernel (IRkernel, bash_kernel, ...: run as itself, through jupyter_client).
 
 Found once per server (`discover`), by name. A Python kernelspec (what `python -m ipykernel
 install --name X` writes) is run with its interpreter and kernelserver's worker, not ipykernel:
@@ -8,6 +9,7 @@ interrupts, limits and output work as in the server's own environment.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -30,15 +32,22 @@ class KernelSpec:
     """One environment a namespace can run in."""
 
     name: str
-    python: str  # the interpreter that runs the worker
+    python: str | None  # the interpreter that runs the worker; None: a Jupyter kernel runs as itself
     display_name: str
-    source: str  # "server", "setting", "kernelspec" or "conda"
+    source: str  # "server", "setting", "kernelspec", "conda"; "jupyter" for a kernel run as itself
     language: str = "python"
+    argv0: str | None = None  # a Jupyter kernel's program (kernel.json's argv[0])
+
+    @property
+    def jupyter(self) -> bool:
+        """True for a Jupyter kernel of its own, started through jupyter_client."""
+        return self.python is None
 
     def to_dict(self) -> dict[str, Any]:
         """As `kernelserver kernels --json` and /info show it."""
         return {"name": self.name, "display_name": self.display_name, "language": self.language,
-                "python": self.python, "source": self.source}
+                "python": self.python, "source": self.source,
+                **({"argv0": self.argv0} if self.jupyter else {})}
 
 
 def parse_setting(text: str | Iterable[str]) -> dict[str, str]:
@@ -69,8 +78,9 @@ def _kernelspec_dirs() -> list[Path]:
     return [d / "kernels" for d in dirs]
 
 
-def _python_kernelspecs() -> list[KernelSpec]:
-    """Kernelspecs whose language is Python and whose argv[0] is a Python interpreter."""
+def _kernelspecs() -> list[KernelSpec]:
+    """Every installed kernelspec: one whose language is Python and whose argv[0] is a Python
+    interpreter runs our worker there; any other is a Jupyter kernel run as itself."""
     found: dict[str, KernelSpec] = {}
     for where in _kernelspec_dirs():
         try:
@@ -85,14 +95,16 @@ def _python_kernelspecs() -> list[KernelSpec]:
                 spec = json.loads((entry / "kernel.json").read_text())
             except (OSError, ValueError):
                 continue
-            argv = spec.get("argv") or []
-            if str(spec.get("language", "")).lower() != "python" or not argv:
+            argv, language = spec.get("argv") or [], str(spec.get("language") or "")
+            if not argv or not isinstance(argv, list):
                 continue
-            python = str(argv[0])
-            if not re.match(r"^python[0-9.]*$", os.path.basename(python)):
-                continue  # a wrapper script: not ours to run the worker with
-            found[name] = KernelSpec(name, python, str(spec.get("display_name") or name),
-                                     "kernelspec")
+            display, program = str(spec.get("display_name") or name), str(argv[0])
+            if language.lower() == "python" and re.match(r"^python[0-9.]*$",
+                                                         os.path.basename(program)):
+                found[name] = KernelSpec(name, program, display, "kernelspec")
+            else:  # another language, or a wrapper script: not ours to run the worker with
+                found[name] = KernelSpec(name, None, display, "jupyter", language or "unknown",
+                                         program)
     return list(found.values())
 
 
@@ -132,9 +144,19 @@ def discover(configured: dict[str, str]) -> dict[str, KernelSpec]:
                                  "server")}
     for name, python in configured.items():
         found[name] = KernelSpec(name, python, f"{name} ({python})", "setting")
-    for spec in _python_kernelspecs() + _conda_envs():
+    for spec in _kernelspecs() + _conda_envs():
         found.setdefault(spec.name, spec)
     return found
+
+
+def jupyter_missing(spec: KernelSpec) -> str | None:
+    """Why a Jupyter kernel cannot start here (its program, or jupyter_client, is missing)."""
+    if importlib.util.find_spec("jupyter_client") is None:
+        return ("a Jupyter kernel runs through jupyter_client: `pip install 'kernelserver[jupyter]'`")
+    program = spec.argv0 or ""
+    if not (shutil.which(program) or (os.path.isabs(program) and os.access(program, os.X_OK))):
+        return f"its program {program!r} is not found"
+    return None
 
 
 def version_of(python: str) -> tuple[int, int, int] | str:
@@ -151,3 +173,35 @@ def version_of(python: str) -> tuple[int, int, int] | str:
     except ValueError:
         return f"{python} did not say its version: {done.stdout.strip()[:200]!r}"
     return major, minor, micro
+
+
+def status_rows(specs: list[KernelSpec], oldest: tuple[int, int]) -> list[dict[str, Any]]:
+    """Each environment as `kernelserver kernels` shows it: its Python's version and whether it
+    starts, or why not (every interpreter asked at once, in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        versions = list(pool.map(lambda spec: version_of(spec.python) if spec.python
+                                 else jupyter_missing(spec), specs))
+    found = []
+    for spec, version in zip(specs, versions, strict=True):
+        row = spec.to_dict()
+        if spec.jupyter:  # its program is there (starting R or Julia to see takes seconds)
+            row.update(version=None, starts=version is None, why=version)
+        elif isinstance(version, str) or version is None:
+            row.update(version=None, starts=False, why=version)
+        else:
+            too_old = version[:2] < oldest
+            row.update(version=".".join(map(str, version)), starts=not too_old,
+                       why=f"Python {version[0]}.{version[1]} is older than {oldest[0]}.{oldest[1]}, "
+                           "the oldest the worker runs on" if too_old else None)
+        found.append(row)
+    return found
+
+
+def jupyter_facts(details: dict[str, Any]) -> dict[str, Any]:
+    """What a Jupyter kernel said of itself (its kernel_info, in its kernel's details) for /info."""
+    language = details.get("language_info") or {}
+    return {"language": language.get("name"), "version": language.get("version"),
+            "implementation": details.get("implementation"),
+            "implementation_version": details.get("implementation_version")}

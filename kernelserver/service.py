@@ -39,6 +39,7 @@ PROBE_TTL = 30.0
 WAIT_SLICE = 1.0  # no single wait is unbounded, however long the caller is willing to wait
 
 
+
 class CellStream:
     """One client's live view of a cell: its events, and what its leaving does to the cell."""
 
@@ -110,12 +111,28 @@ class Service:
         """The options with the kernel's interpreter filled in; BadRequest for an unknown one."""
         if options.kernel is None or options.kernel == kernelspecs.DEFAULT:
             return replace(options, kernel=None, python=None)
+        if options.jupyter:
+            return options  # resolved already (the Jupyter API's start resolves, then creates)
         spec = self.kernelspecs.get(options.kernel)
         if spec is None:
             raise BadRequest(f"no kernel {options.kernel!r}; this server has "
                              f"{', '.join(map(repr, self.kernelspecs))} (`kernelserver kernels` "
                              "lists them)")
-        return replace(options, python=spec.python)
+        if not spec.jupyter:
+            return replace(options, python=spec.python)
+        # A Jupyter kernel runs as itself: it speaks its own language, and kernelserver cannot
+        # hold its memory (docs/environments.md's table); asking for either is refused.
+        if options.syntax is not None:
+            raise BadRequest(f"syntax applies to kernelserver's Python worker; {spec.name!r} is a "
+                             f"Jupyter kernel ({spec.language}) whose cells are its own language")
+        if options.resources.memory:
+            raise BadRequest(f"{spec.name!r} is a Jupyter kernel ({spec.language}), which "
+                             "kernelserver cannot hold to a memory limit; create it without one")
+        missing = kernelspecs.jupyter_missing(spec)
+        if missing is not None:
+            raise BadRequest(f"the {spec.name!r} kernel cannot start here: {missing}")
+        return replace(options, python=None, jupyter=True, syntax=spec.language.lower(),
+                       resources=replace(options.resources, memory=0))
 
     def delete(self, namespace_id: str) -> None:
         """Stop a namespace; its worker and memory are gone when this returns."""
@@ -128,6 +145,13 @@ class Service:
     def describe(self, namespace_id: str, with_variables: bool = True) -> NamespaceInfo:
         """One namespace's state, counters and (by default) variables."""
         return self.registry.get(namespace_id).info(with_variables)
+
+    def jupyter_details(self, namespace_id: str) -> dict[str, Any] | None:
+        """A Jupyter kernel's details (its language_info...) where the namespace runs one; else None
+        (a namespace of our worker is described by the server without asking its backend)."""
+        namespace = self.registry.get(namespace_id)
+        spec = self.kernelspecs.get(namespace.kernel_name)
+        return namespace.info().details if spec is not None and spec.jupyter else None
 
     def namespaces(self) -> list[NamespaceInfo]:
         """Every namespace's info, without variables, sorted by id."""
@@ -287,6 +311,10 @@ class Service:
                 # with the rest (the cluster's state says why), and the next call tries again.
                 return {"error": f"the probe could not start: {exc.message}"}
             try:
+                if options.jupyter:  # the probe is Python: a Jupyter kernel says what it is instead
+                    facts = {"kernel": kernelspecs.jupyter_facts(kernel.details())}
+                    self._probe_cache[options.kernel] = (time.monotonic(), facts)
+                    return facts
                 cell = Cell(PROBE_CODE, timeout=120.0)
                 sink = Execution("probe", 0, cell, 1 << 24)
                 sink.start()
@@ -303,25 +331,8 @@ class Service:
             return found
 
     def kernels(self) -> list[dict[str, Any]]:
-        """Every environment a namespace can run in, with its Python's version, or why it
-        cannot run the worker (each interpreter asked at once, in parallel)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        specs = list(self.kernelspecs.values())
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            versions = list(pool.map(lambda spec: kernelspecs.version_of(spec.python), specs))
-        found = []
-        for spec, version in zip(specs, versions, strict=True):
-            row = spec.to_dict()
-            if isinstance(version, str):
-                row.update(version=None, starts=False, why=version)
-            else:
-                row.update(version=".".join(map(str, version)), starts=version[:2] >= OLDEST,
-                           why=None if version[:2] >= OLDEST else
-                           f"Python {version[0]}.{version[1]} is older than "
-                           f"{OLDEST[0]}.{OLDEST[1]}, the oldest the worker runs on")
-            found.append(row)
-        return found
+        """Every environment a namespace can run in, with whether (and in which Python) it starts."""
+        return kernelspecs.status_rows(list(self.kernelspecs.values()), OLDEST)
 
     def info(self, kernel_name: str | None = None) -> dict[str, Any]:
         """Server version, backend, limits, kernels and the environment probe (of that kernel)."""

@@ -5,6 +5,12 @@ Plain helpers (TOKEN, ApiClient, start_server, wait_until...) are in helpers.py.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,30 @@ from kernelserver.config import load_config
 from kernelserver.service import Service
 
 from helpers import TOKEN, ApiClient, LiveServer, start_server
+
+_KERNELSPECS: list[str] = []  # the directory this run registered kernelspecs in
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """bash_kernel (the test extra) installs no kernelspec: register one for this run where
+    Jupyter finds none, so every server the tests start (they inherit JUPYTER_PATH) offers it."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if importlib.util.find_spec("bash_kernel") is None or "bash" in KernelSpecManager().find_kernel_specs():
+        return
+    where = tempfile.mkdtemp(prefix="kernelserver-test-kernels-")
+    _KERNELSPECS.append(where)
+    spec = Path(where) / "kernels" / "bash"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "bash_kernel", "-f", "{connection_file}"],
+        "display_name": "Bash", "language": "bash", "env": {"PS1": "$"}}))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (where, os.environ.get("JUPYTER_PATH")) if p)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for where in _KERNELSPECS:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture

@@ -375,8 +375,9 @@ def kernel_picker(page: WebDriver) -> Select:
 def test_a_namespace_runs_in_the_kernel_picked(page: WebDriver, api: requests.Session,
                                                server: LiveServer) -> None:
     picker = kernel_picker(page)
-    assert [option.get_attribute("value") for option in picker.options] \
-        == ["python3", "second", "broken"]
+    # Its own, the setting's, then the installed Jupyter kernels (bash_kernel; IRkernel in CI).
+    assert [option.get_attribute("value") for option in picker.options][:4] \
+        == ["python3", "second", "broken", "bash"]
     assert picker.first_selected_option.get_attribute("value") == "python3"
     version = ".".join(map(str, sys.version_info[:3]))
     assert picker.options[1].text == f"second (Python {version})"
@@ -406,6 +407,28 @@ def test_a_namespace_runs_in_the_kernel_picked(page: WebDriver, api: requests.Se
         wait_for(lambda: "runs in second" in page.find_element(By.ID, "create-error").text)
         assert api.post(server.url + "/env/get", json={"id": name}, timeout=10).json()["kernel"] \
             == "second"
+    finally:
+        api.post(server.url + "/env/delete", json={"id": name}, timeout=30)
+
+
+def test_a_jupyter_kernel_of_another_language_runs_cells(page: WebDriver, api: requests.Session,
+                                                          server: LiveServer) -> None:
+    picker = kernel_picker(page)
+    bash = next(option for option in picker.options if option.get_attribute("value") == "bash")
+    assert bash.text == "bash (bash)" and "a bash Jupyter kernel" in bash.get_attribute("title")
+    name = "exp-console-bash"
+    picker.select_by_value("bash")
+    page.find_element(By.ID, "new-id").send_keys(name, Keys.ENTER)
+    wait_for(lambda: page.find_element(By.ID, "ns").get_attribute("value") == name)
+    try:
+        wait_for(lambda: page.find_element(By.ID, "kernel").text == "bash")
+        cell = run_cell(page, "x=41; echo $((x + 1))")
+        wait_for(lambda: finished(cell))
+        assert cell.get_attribute("data-status") == "ok"
+        assert cell.find_element(By.CSS_SELECTOR, ".out pre.stdout").text == "42"
+        cell = run_cell(page, "false")
+        wait_for(lambda: finished(cell))
+        assert cell.get_attribute("data-status") == "error"
     finally:
         api.post(server.url + "/env/delete", json={"id": name}, timeout=30)
 

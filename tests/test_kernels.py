@@ -165,7 +165,9 @@ def test_kernelspecs_and_conda_envs_are_found(server: LiveServer, envs: dict[str
     assert specs["default"] == "python3"
     assert found["from-spec"]["spec"]["display_name"] == "Python (from a kernelspec)"
     assert found["conda-proj"]["spec"]["language"] == "python"
-    assert "not-python" not in found  # a kernel of another language is not run by our worker
+    # A kernel of another language is not run by our worker: it is a Jupyter kernel, run as itself.
+    assert found["not-python"]["spec"]["metadata"]["kernelserver"]["source"] == "jupyter"
+    assert found["not-python"]["spec"]["language"] == "bash"
     assert {"python3", "venv", "old", "missing"} <= set(found)
     # Jupyter's API starts a kernel by its kernelspec's name; the model says which.
     started = requests.post(server.url + "/api/kernels", json={"name": "from-spec"},

@@ -68,6 +68,7 @@ class NamespaceOptions:
     syntax: str | None = None  # "ipython" or "python"; None: the server's setting
     kernel: str | None = None  # the environment's name (kernelspecs.py); None: the server's own
     python: str | None = None  # its interpreter, as the service found it; None: the server's
+    jupyter: bool = False  # kernel is a Jupyter kernel run as itself (jupyterkernel.py), not our worker
 
     def syntax_in(self, config: dict[str, Any]) -> str:
         """The syntax this namespace's cells are written in, under the server's settings."""
@@ -168,7 +169,10 @@ class Backend(Protocol):
 
 def refuse_other_pythons(options: NamespaceOptions, backend: str) -> None:
     """BadRequest when a namespace asks for another environment of a backend that runs only the
-    server's own (the process backend forks workers in any)."""
+    server's own (the process backend forks workers in any, and starts Jupyter kernels)."""
+    if options.jupyter:
+        raise BadRequest(f"kernel {options.kernel!r} is a Jupyter kernel, which the process "
+                         f"backend starts; this server runs the {backend} backend")
     if options.python is not None:
         raise BadRequest(f"kernel {options.kernel!r} runs another Python, which the process "
                          f"backend starts; this server runs the {backend} backend")

@@ -1,15 +1,20 @@
-"""The process backend: makes ProcessKernels, all forked from one fork server it owns."""
+"""The process backend: makes ProcessKernels, forked from a fork server per interpreter it owns,
+and JupyterClientKernels for the installed Jupyter kernels of other languages."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import memory as memory_limits
 from .base import NamespaceOptions, refuse_placement
 from .forkserver import ForkServer, ForkServerError
 from .process import ProcessKernel
+
+if TYPE_CHECKING:
+    from .base import Kernel
+    from .jupyterkernel import KernelLoop
 
 log = logging.getLogger("kernelserver")
 
@@ -29,6 +34,7 @@ class ProcessBackend:
         # One more per other environment a namespace runs in, started when first needed.
         self._others: dict[str, ForkServer] = {}
         self._limits: memory_limits.Limits | None = None  # made when first asked for
+        self._kernel_loop: KernelLoop | None = None  # where Jupyter kernels are managed, once one is
         self._closed = False
 
     def live_forkserver(self, python: str | None = None) -> ForkServer:
@@ -82,8 +88,11 @@ class ProcessBackend:
         """'cgroup v2', 'cgroup v1' or 'watchdog'."""
         return self.limits.method
 
-    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> ProcessKernel:
-        """A kernel with its worker forked and ready, in its memory group if it has a limit."""
+    def start_kernel(self, namespace_id: str, options: NamespaceOptions) -> Kernel:
+        """A kernel with its worker forked and ready, in its memory group if it has a limit (or
+        a Jupyter kernel, started)."""
+        if options.jupyter and options.kernel is not None:
+            return self._start_jupyter(options.kernel)
         limit = options.resources.memory
         if limit is None:
             limit = self.config.get("memory_limit", 0)
@@ -98,13 +107,28 @@ class ProcessBackend:
                 group.close()
             raise
 
+    def _start_jupyter(self, name: str) -> Kernel:
+        # Imported here: jupyter_client (the `jupyter` extra) is needed only by these kernels.
+        from .jupyterkernel import JupyterClientKernel, KernelLoop
+
+        with self._lock:
+            if self._closed:
+                raise ForkServerError("the server is stopping")
+            if self._kernel_loop is None:
+                self._kernel_loop = KernelLoop()
+            loop = self._kernel_loop
+        return JupyterClientKernel(name, self.config["repr_limit_bytes"], self.config["interrupt_grace"],
+                                   startup_timeout=self.config.get("start_timeout", 60.0), loop=loop)
+
     def close(self) -> None:
-        """Stop the fork server; remove the server's memory cgroup."""
+        """Stop the fork servers and the Jupyter kernels' loop; remove the server's memory cgroup."""
         with self._lock:
             self._closed = True
             self.forkserver.close()
             for other in self._others.values():
                 other.close()
-            limits = self._limits
+            limits, loop = self._limits, self._kernel_loop
+        if loop is not None:
+            loop.close()
         if limits is not None:
             limits.close()

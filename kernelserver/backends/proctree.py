@@ -111,6 +111,38 @@ def kill_descendants(root: int, timeout: float = 5.0) -> int:
     return killed
 
 
+def session(sid: int) -> list[int]:
+    """Every live process of session sid (from /proc: a session outlives its leader)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not _zombie(pid := int(entry)):
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[3]) == sid:
+                        found.append(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def kill_session(sid: int, timeout: float = 5.0) -> int:
+    """SIGKILL every process of session sid until none is left alive (bounded by timeout, as
+    kill_descendants); the number of signals sent."""
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while found := session(sid):
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.002)
+    return killed
+
+
 def wait_dead(pids: list[int], timeout: float = 5.0) -> bool:
     """Wait until each of pids is a zombie or gone; False if some still ran at the timeout."""
     deadline = time.monotonic() + timeout

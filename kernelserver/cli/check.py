@@ -130,10 +130,19 @@ def check(url: str, token: str | None, data_dir: str | None, requirements: tuple
         cluster = info.get("cluster")
         if cluster is not None:
             rows.append(_cluster_row(cluster))
-        if probe:
+        foreign = probe.get("kernel")  # a Jupyter kernel of another language: what it said it is
+        if foreign:
+            made_by = f"{foreign.get('implementation')} {foreign.get('implementation_version')}"
+            rows.append(CheckRow("kernel", True, f"{foreign.get('language')} {foreign.get('version')} "
+                                 f"({made_by})"))
+            rows += [CheckRow(spec, False, f"--require checks Python packages; {kernel} is a Jupyter "
+                              f"kernel ({foreign.get('language')}): check it with --code")
+                     for spec in requirements]
+        elif probe:
             py = probe.get("python", {})
             rows.append(CheckRow("python", True, f"{py.get('version')} ({py.get('executable')})"))
-        rows += [_requirement_row(spec, probe.get("packages", {})) for spec in requirements]
+        if not foreign:
+            rows += [_requirement_row(spec, probe.get("packages", {})) for spec in requirements]
         if gpu:
             rows.append(_gpu_row(probe) if cluster is None else _cluster_gpu_row(cluster))
         if code is not None:

@@ -115,15 +115,18 @@ def ls(url: str, token: str | None, data_dir: str | None, as_json: bool) -> None
 def kernels(url: str, token: str | None, data_dir: str | None, as_json: bool) -> None:
     """List the environments a namespace can run in; exit 1 if one cannot start.
 
-    Each one's name (for --kernel), where it was found, its Python and version."""
+    Each one's name (for --kernel), where it was found, its Python and version (or, for a Jupyter
+    kernel of another language, that language and its program)."""
     with _session(url, token, data_dir) as client:
         found = client.kernels()
     if as_json:
         _print_json({"kernels": found})
     else:
         rows = [[str(k["name"]), str(k["source"]), str(k.get("version") or "-"),
-                 "yes" if k["starts"] else f"no: {k.get('why')}", str(k["python"])] for k in found]
-        for line in _table(["NAME", "FOUND IN", "PYTHON", "STARTS", "INTERPRETER"], rows,
+                 "yes" if k["starts"] else f"no: {k.get('why')}",
+                 str(k["python"]) if k.get("python") else f"{k.get('language')} kernel: {k.get('argv0')}"]
+                for k in found]
+        for line in _table(["NAME", "FOUND IN", "PYTHON", "STARTS", "RUNS"], rows,
                            flexible=4):
             click.echo(line)
     sys.exit(0 if all(k["starts"] for k in found) else 1)

@@ -282,7 +282,11 @@ class Connection:
     # -- handlers --
 
     def _kernel_info(self, message: Message) -> None:
-        self._answer(message, "kernel_info_reply", replies.kernel_info())
+        try:
+            details = self.service.jupyter_details(self.kernel_id)
+        except KernelServerError:  # gone meanwhile: what follows on the socket says so
+            details = None
+        self._answer(message, "kernel_info_reply", replies.kernel_info(details))
 
     def _execute(self, message: Message) -> None:
         content = message.content

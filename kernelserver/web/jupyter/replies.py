@@ -17,9 +17,19 @@ KERNEL_NAME = "python3"
 MAX_HISTORY = 1000
 
 
-def kernel_info() -> dict[str, Any]:
-    """kernel_info_reply content (answered by the server itself, at once)."""
+def kernel_info(details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """kernel_info_reply content (answered by the server itself, at once); a Jupyter kernel's
+    namespace (its details carry the kernel's own language_info) is described as that kernel."""
     python = platform.python_version()
+    language = (details or {}).get("language_info")
+    if language:
+        name = language.get("name", "?")
+        return {"status": "ok", "protocol_version": PROTOCOL_VERSION,
+                "implementation": (details or {}).get("implementation") or "kernelserver",
+                "implementation_version": (details or {}).get("implementation_version") or __version__,
+                "language_info": language, "help_links": [],
+                "banner": f"kernelserver {__version__}: {name} {language.get('version', '')} in a "
+                          "Jupyter kernel"}
     return {
         "status": "ok",
         "protocol_version": PROTOCOL_VERSION,

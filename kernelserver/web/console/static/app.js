@@ -822,12 +822,14 @@ async function readStream(response, handle) {
   return finished;
 }
 
-// -- kernels: the Python environments a namespace can run in --
+// -- kernels: the environments a namespace can run in (Pythons, and other Jupyter kernels) --
 
 function kernelTitle(name) {
   const info = kernels.get(name);
   if (!info) return `kernel ${name}`;
-  const where = info.display_name.includes(info.python) ? "" : `, ${info.python}`;
+  // A Jupyter kernel of another language has no Python of ours: say which language it is.
+  const where = !info.python ? `, a ${info.language} Jupyter kernel`
+    : info.display_name.includes(info.python) ? "" : `, ${info.python}`;
   const title = `kernel ${name}: ${info.display_name}${where}`;
   return info.why ? `${title} (${info.why})` : title;
 }
@@ -840,7 +842,8 @@ async function refreshKernels() {
   select.replaceChildren(...answer.kernels.map((info) => {
     // Text only (new Option sets text, not markup). One that cannot start stays choosable, so
     // the server's own words say why when it is tried; the label warns first.
-    const label = info.version ? `${info.name} (Python ${info.version})` : info.name;
+    const label = info.version ? `${info.name} (Python ${info.version})`
+      : !info.python ? `${info.name} (${info.language})` : info.name;
     const option = new Option(info.starts === false ? `${label}: cannot start` : label, info.name);
     option.title = kernelTitle(info.name);
     return option;
