@@ -8,6 +8,7 @@ exceptions carry ids and reasons, each front end words its own hint. Nothing her
 from __future__ import annotations
 
 import fcntl
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +98,7 @@ class Service:
         self._close_lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._probe_cache: dict[str | None, tuple[float, dict[str, Any]]] = {}  # by kernel
+        self._python_versions: dict[str, str] = {}  # by kernel: its interpreter's, once asked
 
     # -- namespaces --
 
@@ -146,12 +148,21 @@ class Service:
         """One namespace's state, counters and (by default) variables."""
         return self.registry.get(namespace_id).info(with_variables)
 
-    def jupyter_details(self, namespace_id: str) -> dict[str, Any] | None:
-        """A Jupyter kernel's details (its language_info...) where the namespace runs one; else None
-        (a namespace of our worker is described by the server without asking its backend)."""
+    def kernel_facts(self, namespace_id: str) -> dict[str, Any]:
+        """What runs a namespace, for Jupyter's kernel_info: a Jupyter kernel's own details (its
+        language_info...), or the Python version of our worker's interpreter (asked once each)."""
         namespace = self.registry.get(namespace_id)
         spec = self.kernelspecs.get(namespace.kernel_name)
-        return namespace.info().details if spec is not None and spec.jupyter else None
+        if spec is None or spec.python is None:
+            return namespace.info().details if spec is not None else {}
+        if spec.name not in self._python_versions:
+            if spec.source == "server":
+                version = platform.python_version()
+            else:  # one that cannot say (gone since): "", and kernel_info shows the server's
+                found = kernelspecs.version_of(spec.python)
+                version = "" if isinstance(found, str) else ".".join(map(str, found))
+            self._python_versions[spec.name] = version
+        return {"python_version": self._python_versions[spec.name]}
 
     def namespaces(self) -> list[NamespaceInfo]:
         """Every namespace's info, without variables, sorted by id."""

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from helpers import LiveServer, pid_alive, start_server, wait_until
+from jupyter_ws import KernelClient
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +145,24 @@ def test_another_cpython_version_runs_the_worker(server: LiveServer) -> None:
     assert answer["result"] == {"text/plain": wanted}, answer
     answer = run(server, "other-version", "import time\nfor i in range(3):\n    print(i, flush=True)")
     assert answer["stdout"] == "0\n1\n2\n"
+
+
+def test_kernel_info_gives_the_environments_python(server: LiveServer) -> None:
+    other = other_cpython()
+    assert other, "no CPython of another version here: .ci/run requires 3.10, 3.12 and 3.13"
+    wanted = subprocess.run([other, "-c", "import platform; print(platform.python_version())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    started = post(server, "/api/kernels", {"name": "other-cpython"})
+    assert started.status_code == 201, started.text
+    client = KernelClient(server.url, started.json()["id"], server.token)
+    try:
+        reply, _ = client.request("kernel_info_request")
+        assert reply["content"]["language_info"]["version"] == wanted, reply["content"]
+        assert wanted in reply["content"]["banner"]
+    finally:
+        client.close()
+        requests.delete(f"{server.url}/api/kernels/{started.json()['id']}", headers=server.headers,
+                        timeout=60)
 
 
 def test_what_cannot_start_says_why(server: LiveServer) -> None:

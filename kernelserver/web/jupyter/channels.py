@@ -283,7 +283,7 @@ class Connection:
 
     def _kernel_info(self, message: Message) -> None:
         try:
-            details = self.service.jupyter_details(self.kernel_id)
+            details = self.service.kernel_facts(self.kernel_id)
         except KernelServerError:  # gone meanwhile: what follows on the socket says so
             details = None
         self._answer(message, "kernel_info_reply", replies.kernel_info(details))

@@ -18,9 +18,9 @@ MAX_HISTORY = 1000
 
 
 def kernel_info(details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """kernel_info_reply content (answered by the server itself, at once); a Jupyter kernel's
-    namespace (its details carry the kernel's own language_info) is described as that kernel."""
-    python = platform.python_version()
+    """kernel_info_reply content (answered by the server itself, at once) from Service.kernel_facts:
+    the Python of the namespace's environment, or a Jupyter kernel's own language_info."""
+    python = (details or {}).get("python_version") or platform.python_version()
     language = (details or {}).get("language_info")
     if language:
         name = language.get("name", "?")
