@@ -165,6 +165,15 @@ def test_jupyterlab_services_starts_a_kernel_by_another_name(tmp_path: Path) -> 
     assert report["cell"]["outputs"] == [["stream", f"{python}\n"]]
 
 
+def test_jupyterlab_services_starts_a_jupyter_kernel_of_another_language(server: LiveServer) -> None:
+    # bash_kernel (the test extra; conftest.py registers its kernelspec), run as itself.
+    report = lab_client(server.url, server.token, "--kernel=bash", "x=41; echo $((x + 1))")
+    assert (report["name"], report["language"]) == ("bash", "bash")
+    assert report["cell"]["status"] == "ok"
+    assert [kind for kind, _ in report["cell"]["outputs"]] == ["stream"]
+    assert report["cell"]["outputs"][0][1].strip() == "42"
+
+
 def test_the_readmes_ci_script_runs_as_written(server: LiveServer, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- jupyter-ci-script -->")[1].split("<!-- /jupyter-ci-script -->")[0]

@@ -1,7 +1,7 @@
 // JupyterLab's client library (@jupyterlab/services) driving a kernelserver namespace as a kernel:
 // start, kernel_info, execute, IPython syntax and display updates, restart, interrupt, shutdown.
 // Prints one JSON report on stdout.
-// Usage: node lab_client.js <baseUrl> <token> [--ipython-only | --kernel=NAME]
+// Usage: node lab_client.js <baseUrl> <token> [--ipython-only | --kernel=NAME [CODE]]
 // <baseUrl> is kernelserver itself, or a jupyter_server started with --gateway-url (JupyterLab's chain).
 // --ipython-only runs only the IPython cells (report.ipython), then shuts the kernel down.
 'use strict';
@@ -49,18 +49,20 @@ async function ipython(kernel) {
 }
 
 async function main() {
-  const [baseUrl, token, mode] = process.argv.slice(2);
+  const [baseUrl, token, mode, namedCode] = process.argv.slice(2);
   const timer = setTimeout(() => { console.error('TIMEOUT'); process.exit(2); }, 90000);
   const serverSettings = ServerConnection.makeSettings({
     baseUrl, wsUrl: 'ws' + baseUrl.slice(4), token, appendToken: true, WebSocket });
   const manager = new KernelManager({ serverSettings });
   await manager.ready;
-  // --kernel=NAME: start a kernel by that kernelspec name, run one cell, shut it down.
+  // --kernel=NAME [CODE]: start a kernel by that kernelspec name, run one cell (CODE, else one
+  // printing sys.executable), report its kernel_info's language, shut it down.
   const named = mode && mode.startsWith('--kernel=') ? mode.slice('--kernel='.length) : null;
   const kernel = await manager.startNew({ name: named || 'python3' });
   const report = { id: kernel.id, name: kernel.name };
   if (named) {
-    report.cell = await run(kernel, 'import sys\nprint(sys.executable)');
+    report.cell = await run(kernel, namedCode || 'import sys\nprint(sys.executable)');
+    report.language = (await kernel.info).language_info.name;
     await kernel.shutdown();
     manager.dispose();
     clearTimeout(timer);
