@@ -8,7 +8,9 @@ is Debian's r-cran-irkernel, which .ci/run installs. Where one is missing its te
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,7 +25,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from kernelserver.backends.jupyterkernel import LenientKernelSpec
 
-from helpers import TOKEN, LiveServer, pid_alive, start_server, wait_until
+from helpers import TOKEN, LiveServer, pid_alive, server_pid, start_server, wait_until
 from jupyter_ws import KernelClient, of_type
 
 pytestmark = pytest.mark.slow
@@ -245,3 +247,16 @@ def test_the_inprocess_backend_refuses_a_jupyter_kernel(make_app: Any) -> None:
                           headers={"Authorization": f"Bearer {TOKEN}"})
     assert refused.status_code == 400, refused.get_data(as_text=True)
     assert "is a Jupyter kernel, which the process backend starts" in refused.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_a_kernel_dies_with_a_killed_server(tmp_path: Path, lang: Lang) -> None:
+    live = start_server(tmp_path)
+    try:
+        namespace = create(live, lang)
+        kernel = post(live, "/env/get", {"id": namespace}).json()["pid"]
+        assert pid_alive(kernel)
+        os.kill(server_pid(live.data_dir), signal.SIGKILL)  # the process that started the kernel
+        assert wait_until(lambda: not pid_alive(kernel), 10), "the kernel outlived its server"
+    finally:
+        live.stop()

@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -43,6 +45,23 @@ class LenientKernelSpec(KernelSpec):
     # traitlets warns of each one (an error under -W error, as in the tests).
     def __init__(self, **fields: Any) -> None:
         super().__init__(**{k: v for k, v in fields.items() if k in self.class_trait_names()})
+
+
+# Run before the kernel's own program, in the process that becomes the kernel (exec keeps its
+# pid): SIGKILL when the server's thread that started it dies, even by SIGKILL, so no kernel
+# outlives a killed server. Our own workers get the same from proctree.die_with_parent.
+_DIE_WITH_SERVER = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)\n"
+                    "if os.getppid() != int(sys.argv[1]): sys.exit('kernelserver: the server is gone')\n"
+                    "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+class _KernelManager(AsyncKernelManager):
+    """jupyter_client's manager, whose kernels die with the server's process."""
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        """The kernelspec's command, run through _DIE_WITH_SERVER."""
+        return [sys.executable, "-I", "-S", "-c", _DIE_WITH_SERVER, str(os.getpid()),
+                *super().format_kernel_cmd(extra_arguments)]
 
 
 class KernelLoop:
@@ -136,7 +155,7 @@ class JupyterClientKernel:
             raise
 
     def _start(self) -> _Instance:
-        km = AsyncKernelManager(kernel_name=self.kernel_name, shutdown_wait_time=SHUTDOWN_WAIT,
+        km = _KernelManager(kernel_name=self.kernel_name, shutdown_wait_time=SHUTDOWN_WAIT,
                                 kernel_spec_manager=self.specs)
         try:
             self._loop.call(km.start_kernel, self.startup_timeout)
