@@ -205,6 +205,10 @@ def test_listed_probed_and_checked(server: LiveServer, lang: Lang) -> None:
                          timeout=120).json()["probe"]
     assert probe["kernel"]["language"] == lang.language, probe
     env = {"KERNELSERVER_URL": server.url, "KERNELSERVER_TOKEN": server.token, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "kernelserver.cli", "kernels"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    row = next(line for line in done.stdout.splitlines() if line.startswith(lang.name + " "))
+    assert "jupyter" in row and f"{lang.language} kernel: " in row, done.stdout + done.stderr
     done = subprocess.run([sys.executable, "-m", "kernelserver.cli", "check", "--kernel", lang.name,
                            "--code", lang.prints], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
