@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from .namespace import Namespace
 
 log = logging.getLogger("kernelserver")
 CULL_CHECK = 1.0  # seconds between looks for namespaces idle past their cull_idle_after
+CLOSE_ALL_WAIT = 12.0  # a second close() waits this long for the first (gunicorn's grace is 15 s)
 CULLED_REMEMBERED = 1000  # culled (and deleted) ids whose 404 says so
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -56,6 +58,7 @@ class Registry:
         # ids deleted since the server started, so their 404 can say so (the newest only)
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
+        self._all_closed = threading.Event()  # set once close() has closed every namespace
         self._culler = threading.Thread(target=self._cull_loop, name="culler", daemon=True)
         self._culler.start()
 
@@ -178,10 +181,22 @@ class Registry:
                 log.exception("idle culling failed")
 
     def close(self) -> None:
-        """Close every namespace (server shutdown)."""
-        self._stop.set()
+        """Close every namespace (server shutdown), all at once; a second call waits for the
+        first's to end (gunicorn's exit hook comes while the stop hooks' close may still run, and
+        a Jupyter kernel's polite shutdown takes a while: the process must not exit under it)."""
         with self._lock:
+            first = not self._stop.is_set()
+            self._stop.set()
             namespaces = list(self._namespaces.values())
             self._namespaces.clear()
-        for namespace in namespaces:
-            namespace.close(reason=ExitReason.STOPPED)
+        if not first:
+            self._all_closed.wait(CLOSE_ALL_WAIT)
+            return
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(namespaces))),
+                                    thread_name_prefix="close") as pool:
+                for done in [pool.submit(ns.close, reason=ExitReason.STOPPED) for ns in namespaces]:
+                    if done.exception() is not None:  # one that fails must not keep others open
+                        log.error("closing a namespace failed: %s", done.exception())
+        finally:
+            self._all_closed.set()

@@ -264,3 +264,17 @@ def test_a_kernel_dies_with_a_killed_server(tmp_path: Path, lang: Lang) -> None:
         assert wait_until(lambda: not pid_alive(kernel), 10), "the kernel outlived its server"
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_a_stopped_server_ends_its_kernels_and_what_they_started(tmp_path: Path, lang: Lang) -> None:
+    live = start_server(tmp_path)
+    try:
+        children = []
+        for _ in range(2):  # the second is closed while the server's exit already runs
+            namespace = create(live, lang)
+            children.append(int(run(live, namespace, lang.child)["stdout"].split()[-1]))
+        assert all(pid_alive(child) for child in children)
+    finally:
+        live.stop()  # SIGTERM, as a service manager stops it
+    assert not [child for child in children if pid_alive(child)], "a kernel's child outlived the server"
