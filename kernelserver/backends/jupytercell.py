@@ -72,8 +72,10 @@ class CellRun:
         status, error = reply.get("status"), self.error
         if error is None and status == "error":
             error = error_info(reply)  # a kernel that puts its error in the reply alone
-        # bash_kernel answers an interrupt with status "abort" and no error message.
-        if (error is not None and error.ename == "KeyboardInterrupt") or (interrupted and status != "ok"):
+        # bash_kernel and IRkernel answer an interrupt with status "abort" and no error message
+        # (an interrupt not ours, a kill -INT from a shell, too; we send no stop_on_error).
+        if (error is not None and error.ename == "KeyboardInterrupt") or status == "abort" \
+                or (interrupted and status != "ok"):
             # Named as our worker names it, whatever the kernel's language calls it (R: an error).
             return Outcome("interrupted", truncated=truncated, error=ErrorInfo(
                 "KeyboardInterrupt", error.evalue if error else "", error.traceback if error else ""))

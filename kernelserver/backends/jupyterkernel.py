@@ -179,15 +179,17 @@ class JupyterClientKernel:
     def _stop(self, instance: _Instance, polite: bool) -> None:
         """Shut the kernel down (bounded), kill what it left behind, and close its client."""
         instance.stopped = True
+        # Found before the kernel goes: its orphans leave the tree. A shell in a pty (bash_kernel)
+        # leads a session of its own, with the jobs it started.
+        sessions = proctree.sessions_below(instance.pid) if instance.pid else set()
         try:
             self._loop.call(lambda: instance.km.shutdown_kernel(now=not polite), SHUTDOWN_WAIT + 5.0)
         except Exception as exc:  # a stuck manager must not keep the namespace's process alive
             log.warning("jupyter kernel %s: shutdown failed (%s); killing it", instance.pid, exc)
         # jupyter_client starts a kernel in a session of its own, which a polite exit leaves to its
-        # jobs and workers; the session outlives its leader while they run, so the id is no one
+        # jobs and workers; a session outlives its leader while they run, so its id is no one
         # else's. Killed and waited for: a delete that answers has ended them.
-        if instance.pid:
-            proctree.kill_session(instance.pid)
+        proctree.kill_sessions(sessions)
         if instance.lock.acquire(blocking=False):  # else its holder closes the client when done
             instance.client.stop_channels()  # as often as asked: it closes what is still open
             instance.lock.release()
@@ -272,7 +274,8 @@ class JupyterClientKernel:
                     return False
                 self._early = execution_count  # execute() answers it without sending it
                 return True
-            # Under the lock: the next cell is not sent before this interrupt has gone out.
+            # Under the lock: the next cell is not sent before this interrupt has gone out, and
+            # the cell's end (which may come before the call returns) reads the flag after it.
             try:
                 self._loop.call(running[0].km.interrupt_kernel, LOOP_CALL)
                 self._interrupted = True
@@ -344,5 +347,7 @@ class JupyterClientKernel:
                 for name, channel in channels.items():
                     while channel.socket in ready and channel.msg_ready():
                         run.take(channel.get_msg(timeout=0), name, client)
-        outcome = run.outcome(self._interrupted, bool(cuts))
+        with self._cells:  # an interrupt on its way out when the kernel answered it: its flag set
+            interrupted = self._interrupted
+        outcome = run.outcome(interrupted, bool(cuts))
         return timed_out(outcome, cell.timeout) if deadline.passed else outcome

@@ -111,26 +111,31 @@ def kill_descendants(root: int, timeout: float = 5.0) -> int:
     return killed
 
 
-def session(sid: int) -> list[int]:
-    """Every live process of session sid (from /proc: a session outlives its leader)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and not _zombie(pid := int(entry)):
-            try:
-                with open(f"/proc/{pid}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[3]) == sid:
-                        found.append(pid)
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
+def _session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def kill_session(sid: int, timeout: float = 5.0) -> int:
-    """SIGKILL every process of session sid until none is left alive (bounded by timeout, as
+def sessions_below(root: int) -> set[int]:
+    """The session root leads and every session a process below it is in (a pty's shell, say)."""
+    return {root} | {sid for pid in descendants(root) if (sid := _session_of(pid)) is not None}
+
+
+def members(sids: set[int]) -> list[int]:
+    """Every live process of those sessions (from /proc: a session outlives its leader)."""
+    return [pid for pid in (int(e) for e in os.listdir("/proc") if e.isdigit())
+            if _session_of(pid) in sids and not _zombie(pid)]
+
+
+def kill_sessions(sids: set[int], timeout: float = 5.0) -> int:
+    """SIGKILL every process of those sessions until none is left alive (bounded by timeout, as
     kill_descendants); the number of signals sent."""
     killed = 0
     deadline = time.monotonic() + timeout
-    while found := session(sid):
+    while found := members(sids):
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
