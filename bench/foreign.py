@@ -129,19 +129,22 @@ def start_kernel_named(base: str, name: str) -> str:
     return kernel_id
 
 
-def run(rounds: int = 5, batch: int = 100, starts: int = 5) -> dict[str, Any]:
-    """Each installed kernel of CODE: bash always (the test extra), R where it is installed."""
+def run(rounds: int = 5, batch: int = 20, starts: int = 5, only: str | None = None) -> dict[str, Any]:
+    """Each installed kernel of CODE (or only that one): bash always (the test extra), R where it is
+    installed."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     installed = KernelSpecManager(kernel_spec_class=LenientKernelSpec).find_kernel_specs()
-    found = [name for name in CODE if name in installed and (name != "ir" or shutil.which("R"))]
+    found = [name for name in CODE if name in installed and (name != "ir" or shutil.which("R"))
+             and only in (None, name)]
     return {name: one_kernel(name, rounds, batch, starts) for name in found}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--kernel", choices=sorted(CODE), help="only this kernel")
     args = parser.parse_args()
-    print(json.dumps(run(args.rounds, args.batch, args.starts), indent=1))
+    print(json.dumps(run(args.rounds, args.batch, args.starts, args.kernel), indent=1))

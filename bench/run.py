@@ -27,7 +27,7 @@ from common import machine  # noqa: E402
 FULL = {"roundtrip": {"rounds": 10, "batch": 200}, "channels": {"rounds": 10, "batch": 200},
         "startup": {"rounds": 10}, "output": {"megabytes": 50.0, "rounds": 3},
         "concurrency": {"rounds": 5, "seconds": 2.0}, "memory": {"namespaces": 10},
-        "foreign": {"rounds": 5, "batch": 100, "starts": 5}}
+        "foreign": {"rounds": 5, "batch": 20, "starts": 5}}
 SMOKE = {"roundtrip": {"rounds": 2, "batch": 10}, "channels": {"rounds": 1, "batch": 5},
          "startup": {"rounds": 1}, "output": {"megabytes": 1.0, "rounds": 1},
          "concurrency": {"rounds": 1, "seconds": 0.3}, "memory": {"namespaces": 1},

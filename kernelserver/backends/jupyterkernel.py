@@ -195,8 +195,12 @@ class JupyterClientKernel:
             instance.lock.release()
 
     def _alive(self, instance: _Instance) -> bool:
+        if instance.stopped:
+            return False
+        if instance.process is not None:  # a local kernel: its Popen says, without a hop to the loop
+            return bool(instance.process.poll() is None)
         try:
-            return not instance.stopped and bool(self._loop.call(instance.km.is_alive, LOOP_CALL))
+            return bool(self._loop.call(instance.km.is_alive, LOOP_CALL))
         except (TimeoutError, RuntimeError) as exc:  # closed; or busy: asked again on the next poll
             return isinstance(exc, TimeoutError)
 
