@@ -30,9 +30,11 @@ _KERNELSPECS: list[str] = []  # the directory this run registered kernelspecs in
 def pytest_configure(config: pytest.Config) -> None:
     """bash_kernel (the test extra) installs no kernelspec: register one for this run where
     Jupyter finds none, so every server the tests start (they inherit JUPYTER_PATH) offers it."""
+    if importlib.util.find_spec("bash_kernel") is None or importlib.util.find_spec("jupyter_client") is None:
+        return  # a run without the test extra (.ci/run's C writer checks on other Pythons)
     from jupyter_client.kernelspec import KernelSpecManager
 
-    if importlib.util.find_spec("bash_kernel") is None or "bash" in KernelSpecManager().find_kernel_specs():
+    if "bash" in KernelSpecManager().find_kernel_specs():
         return
     where = tempfile.mkdtemp(prefix="kernelserver-test-kernels-")
     _KERNELSPECS.append(where)

@@ -34,6 +34,7 @@ log = logging.getLogger("kernelserver")
 STARTUP_TIMEOUT = 60.0  # R and Julia take seconds to load on a busy machine
 SHUTDOWN_WAIT = 3.0  # after shutdown_request: SIGTERM at half of it, SIGKILL at the end
 QUERY_TIMEOUT = 2.0  # a kernel's shell answers complete/inspect only between cells
+QUERY_ANSWER = 10.0  # no cell runs: an answer comes, if slowly (ipykernel's first jedi completion)
 ALIVE_POLL = 0.5  # how often a running cell checks that its kernel's process still runs
 INPUT_POLL = 0.05  # while input() waits: how soon the client's line goes out
 LOOP_CALL = 10.0  # a KernelManager call other than start and shutdown
@@ -239,7 +240,7 @@ class JupyterClientKernel:
             shell = instance.client.shell_channel
             while not instance.stopped and shell.msg_ready():
                 shell.get_msg(timeout=0)  # late replies to queries that timed out
-            reply = None if instance.stopped else _reply(shell, send(instance.client), QUERY_TIMEOUT)
+            reply = None if instance.stopped else _reply(shell, send(instance.client), QUERY_ANSWER)
         finally:
             if instance.stopped:
                 instance.client.stop_channels()  # stopped while this query held the client
