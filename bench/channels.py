@@ -27,6 +27,7 @@ from common import (
     kernelserver,
     median_ms,
     percentile_ms,
+    timed,
 )
 
 
@@ -107,24 +108,16 @@ def run(rounds: int = 10, batch: int = 200) -> dict[str, Any]:
         http = Http(ks.port)
         http.post_json("/env/create", {"id": "bench"})
 
-        def timed(call: Any) -> list[float]:
-            out = []
-            for _ in range(batch):
-                started = time.perf_counter()
-                call()
-                out.append(time.perf_counter() - started)
-            return out
-
         def ks_http() -> None:
             status, data = http.post("/execute", {"id": "bench", "code": "1+1"})
             assert status == 200 and b'"text/plain":"2"' in data, data
 
         for channels in (ks_ws, kg_ws):
             assert channels.execute("1+1") == "2"
-        measures = {"kernelserver_ws": lambda: timed(lambda: ks_ws.execute("1+1")),
-                    "kernelserver_http": lambda: timed(ks_http),
-                    "jupyter_client": lambda: timed(lambda: jupyter_execute(jupyter, "1+1")),
-                    "kernel_gateway_ws": lambda: timed(lambda: kg_ws.execute("1+1"))}
+        measures = {"kernelserver_ws": lambda: timed(lambda: ks_ws.execute("1+1"), batch),
+                    "kernelserver_http": lambda: timed(ks_http, batch),
+                    "jupyter_client": lambda: timed(lambda: jupyter_execute(jupyter, "1+1"), batch),
+                    "kernel_gateway_ws": lambda: timed(lambda: kg_ws.execute("1+1"), batch)}
         samples = {name: [s for one in batches for s in one]
                    for name, batches in interleave(rounds, measures).items()}
         for closing in (ks_ws, kg_ws, http):

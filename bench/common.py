@@ -235,6 +235,16 @@ def jupyter_execute(client: Any, code: str, on_output: Callable[[str], None] | N
     client.get_shell_msg(timeout=120)
 
 
+def timed(call: Callable[[], Any], batch: int) -> list[float]:
+    """Seconds each of batch calls took, one after another."""
+    out = []
+    for _ in range(batch):
+        started = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 

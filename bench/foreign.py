@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from channels import Channels, start_kernel
-from common import TOKEN, Http, interleave, jupyter_execute, kernelserver, median_ms, percentile_ms
+from common import TOKEN, Http, interleave, jupyter_execute, kernelserver, median_ms, percentile_ms, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,15 +55,6 @@ def direct(name: str) -> Iterator[Any]:
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
-
-
-def timed(call: Callable[[], Any], batch: int) -> list[float]:
-    out = []
-    for _ in range(batch):
-        started = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - started)
-    return out
 
 
 def one_kernel(name: str, rounds: int, batch: int, starts: int) -> dict[str, Any]:

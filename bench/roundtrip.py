@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 from common import (
@@ -16,6 +15,7 @@ from common import (
     kernelserver,
     median_ms,
     percentile_ms,
+    timed,
 )
 
 
@@ -26,14 +26,6 @@ def run(rounds: int = 10, batch: int = 200) -> dict[str, Any]:
         ks_http.post_json("/env/create", {"id": "bench"})
         samples: dict[str, list[float]] = {}
 
-        def timed(call: Any) -> list[float]:
-            out = []
-            for _ in range(batch):
-                started = time.perf_counter()
-                call()
-                out.append(time.perf_counter() - started)
-            return out
-
         def ks_call() -> None:
             status, data = ks_http.post("/execute", {"id": "bench", "code": "1+1"})
             assert status == 200 and b'"text/plain":"2"' in data, data
@@ -42,8 +34,8 @@ def run(rounds: int = 10, batch: int = 200) -> dict[str, Any]:
             status, _ = floor_http.post("/floor", {"id": "bench", "code": "1+1"})
             assert status == 200
 
-        measures = {"kernelserver": lambda: timed(ks_call), "floor": lambda: timed(floor_call),
-                    "jupyter_client": lambda: timed(lambda: jupyter_execute(jupyter, "1+1"))}
+        measures = {"kernelserver": lambda: timed(ks_call, batch), "floor": lambda: timed(floor_call, batch),
+                    "jupyter_client": lambda: timed(lambda: jupyter_execute(jupyter, "1+1"), batch)}
         for name, batches in interleave(rounds, measures).items():
             samples[name] = [sample for one_batch in batches for sample in one_batch]
         ks_http.close()

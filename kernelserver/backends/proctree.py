@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -87,16 +88,13 @@ def _zombie(pid: int) -> bool:
         return True  # gone already
 
 
-def kill_descendants(root: int, timeout: float = 5.0) -> int:
-    """SIGKILL everything below root, again while anything is left alive (a fork in between),
-    until every one is dead; the number of signals sent. Bounded by timeout: a fork bomb
-    outrunning it, or a process stuck in the kernel, is for the caller's next try."""
+def _kill_until_gone(find: Callable[[], list[int]], timeout: float) -> int:
+    """SIGKILL what find() returns, again while anything is left alive (a fork in between), until
+    it returns nothing; the number of signals sent. Bounded by timeout: a fork bomb outrunning it,
+    or a process stuck in the kernel, is for the caller's next try."""
     killed = 0
     deadline = time.monotonic() + timeout
-    while True:
-        found = [pid for pid in descendants(root) if not _zombie(pid)]
-        if not found:
-            break
+    while found := find():
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -109,6 +107,11 @@ def kill_descendants(root: int, timeout: float = 5.0) -> int:
         # machine delays: a delete that answered while it still ran would be a lie.
         time.sleep(0.002)
     return killed
+
+
+def kill_descendants(root: int, timeout: float = 5.0) -> int:
+    """SIGKILL everything below root until every one is dead (_kill_until_gone)."""
+    return _kill_until_gone(lambda: [pid for pid in descendants(root) if not _zombie(pid)], timeout)
 
 
 def _session_of(pid: int) -> int | None:
@@ -131,21 +134,8 @@ def members(sids: set[int]) -> list[int]:
 
 
 def kill_sessions(sids: set[int], timeout: float = 5.0) -> int:
-    """SIGKILL every process of those sessions until none is left alive (bounded by timeout, as
-    kill_descendants); the number of signals sent."""
-    killed = 0
-    deadline = time.monotonic() + timeout
-    while found := members(sids):
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.002)
-    return killed
+    """SIGKILL every process of those sessions until none is left alive (_kill_until_gone)."""
+    return _kill_until_gone(lambda: members(sids), timeout)
 
 
 def wait_dead(pids: list[int], timeout: float = 5.0) -> bool:
