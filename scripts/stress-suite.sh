@@ -5,7 +5,8 @@
 #   scripts/stress-suite.sh [RUNS] [-- PYTEST ARGS...]    (RUNS defaults to 3)
 #
 # Uses .venv/bin/python (the README's test set-up) unless PYTHON says otherwise. Prints one line
-# per run (its summary and wall time) and exits non-zero if any run failed.
+# per run (its summary and wall time) and exits non-zero if any run failed. Like the README's
+# command it runs one pytest worker per core (`-n auto`); `-- -n 0` runs the suite in one process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=3
@@ -25,7 +26,7 @@ failed=0
 logdir=$(mktemp -d)
 for run in $(seq 1 "$runs"); do
     start=$(date +%s)
-    "$python" -m pytest -q -p no:cacheprovider "$@" >"$logdir/run$run.log" 2>&1
+    "$python" -m pytest -n auto -q -p no:cacheprovider "$@" >"$logdir/run$run.log" 2>&1
     rc=$?
     took=$(( $(date +%s) - start ))
     summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|passed|failed|error' "$logdir/run$run.log" | tail -n 1)

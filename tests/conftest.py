@@ -46,6 +46,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (where, os.environ.get("JUPYTER_PATH")) if p)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `-n`, each file runs whole on one worker (xdist's `loadfile`) unless --dist says
+    otherwise: a module's fixtures start one server or one Ray cluster, not one per worker."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    return LoadFileScheduling(config, log)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     for where in _KERNELSPECS:
         shutil.rmtree(where, ignore_errors=True)
