@@ -393,6 +393,12 @@ def test_a_plain_execute_run_on_its_request_thread_is_interruptible_and_keeps_fi
     queued = post(server, "/execute", {"id": "inline", "code": "order.append('next')\norder",
                                        "wait": 0}).json()
     assert queued["status"] == "queued"
+    # Busy is the cell handed to the worker, not yet run: interrupt once it has printed (a loaded
+    # machine once interrupted it before the print, which is a right answer to a different test).
+    long_n = queued["execution_count"] - 1
+    assert wait_until(lambda: requests.get(
+        server.url + "/env/execution", headers=server.headers, timeout=30,
+        params={"id": "inline", "n": long_n}).json()["stdout"] == "started\n", 30)
     assert wait_until(lambda: post(server, "/env/interrupt", {"id": "inline"}).json()["interrupted"],
                       10, 0.05)
     thread.join(30)
