@@ -132,7 +132,7 @@ def test_show_prints_a_finished_cell_and_exits_1_for_a_failed_one(server: LiveSe
 
 
 def test_show_a_running_cell_then_interrupt_it(server: LiveServer, client: Client) -> None:
-    n = start_ticker(client, "busy", lines=30)
+    n = start_ticker(client, "busy", lines=200)  # 60 s: the interrupt, not its end, stops it
     shown = ks(server, "show", "busy", str(n))
     assert shown.returncode == 0 and shown.stdout.startswith("0\n")
     assert f"is still running; follow it live with `kernelserver attach busy {n}`" in shown.stderr
@@ -153,11 +153,31 @@ def test_attach_by_number_prints_output_from_before_and_after(server: LiveServer
     assert (attached.returncode, attached.stdout, attached.stderr) == (0, ticker_output(10), "")
 
 
-def test_attach_without_n_follows_the_running_cell(server: LiveServer, client: Client) -> None:
-    n = start_ticker(client, "tick2", lines=6)
+def test_attach_without_n_follows_the_running_cell(server: LiveServer, client: Client,
+                                                   tmp_path: Path) -> None:
+    # The cell waits for the test after its first line: however slow the CLI is to start, the
+    # cell is still running when it asks what runs.
+    go_on = tmp_path / "go-on"
+    code = (f"import os, time\nprint(0, flush=True)\ndeadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
+            f"    time.sleep(0.02)\nfor i in range(1, 6):\n    print(i, flush=True)\n"
+            f"    time.sleep(0.1)\n'done'")
+    n = int(client.namespace("tick2").run(code, wait=0).execution_count)
     assert client.namespace("tick2", create=False).info()["running"] == n
-    attached = ks(server, "attach", "tick2")
-    assert (attached.returncode, attached.stdout) == (0, ticker_output(6)), attached.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "kernelserver.cli", "attach", "tick2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(server))
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and proc.stdout.readline() == "0\n"  # attached to the running cell
+        go_on.touch()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert (proc.returncode, "0\n" + out) == (0, ticker_output(6)), err
     idle = ks(server, "attach", "tick2")
     assert idle.returncode == 1 and idle.stdout == ""
     assert idle.stderr == ("kernelserver: error: nothing is running in 'tick2'; `kernelserver "

@@ -209,8 +209,11 @@ def test_sigterm_writes_the_running_cells_final_row(tmp_path: Path, stuck_in_c: 
     live = start_server(tmp_path, data_dir=data_dir)
     code = ("print('before the stop', flush=True)\n" +
             ("sum(range(10**12))" if stuck_in_c else "import time\ntime.sleep(60)"))
-    running = post(live, "/execute", {"code": code, "wait": 0.5}).json()
-    assert running["status"] == "running"
+    running = post(live, "/execute", {"code": code, "wait": 0}).json()
+    # The stop comes once the cell has printed, not merely been handed to its worker.
+    assert wait_until(lambda: requests.get(
+        live.url + "/env/execution", params={"id": "default", "n": running["execution_count"]},
+        headers=live.headers, timeout=10).json()["stdout"] == "before the stop\n", 30)
     started = time.monotonic()
     live.stop(signal.SIGTERM)
     assert live.proc.returncode is not None and time.monotonic() - started < 10  # not 15 s + kill

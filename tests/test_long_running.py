@@ -87,10 +87,16 @@ def test_wait_answers_202_then_execution_has_the_result(server: LiveServer) -> N
     assert final["result"] == {"text/plain": "'finished'"}
 
 
-def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: LiveServer) -> None:
+def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: LiveServer,
+                                                                      tmp_path: Path) -> None:
     create(server, "spare")
-    running = post(server, "/execute", {"id": "spare", "wait": 0,
-                                        "code": "import time\ntime.sleep(1.5)\n'finished'"}).json()
+    # The first cell runs until the test lets it go: the second is still queued when its
+    # client goes away, however slow the machine.
+    go_on = tmp_path / "go-on"
+    running = post(server, "/execute", {"id": "spare", "wait": 0, "code": (
+        f"import os, time\ndeadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
+        f"    time.sleep(0.02)\n'finished'")}).json()
     # A second client streams a cell that has to wait behind it, then goes away.
     body = json.dumps({"id": "spare", "code": "print('must not run')", "stream": True,
                        "cancel_on_disconnect": True}).encode()
@@ -105,6 +111,11 @@ def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: Li
             server.url + "/env/execution", headers=server.headers, timeout=10,
             params={"id": "spare", "n": running["execution_count"] + 1}).json().get("status")
             == "queued", 10)
+    assert wait_until(lambda: requests.get(
+        server.url + "/env/execution", headers=server.headers, timeout=10,
+        params={"id": "spare", "n": running["execution_count"] + 1}).json().get("status")
+        == "interrupted", 10)
+    go_on.touch()
     first = requests.get(server.url + "/env/execution", headers=server.headers, timeout=30,
                          params={"id": "spare", "n": running["execution_count"], "wait": 10}).json()
     assert first["status"] == "ok" and first["result"] == {"text/plain": "'finished'"}
@@ -115,9 +126,11 @@ def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: Li
 
 def test_queued_status_while_namespace_is_busy(server: LiveServer) -> None:
     create(server, "queue")
-    post(server, "/execute", {"id": "queue", "code": "import time\ntime.sleep(1)", "wait": 0})
+    post(server, "/execute", {"id": "queue", "code": "import time\ntime.sleep(60)", "wait": 0})
     second = post(server, "/execute", {"id": "queue", "code": "2", "wait": 0})
     assert second.status_code == 202 and second.json()["status"] == "queued"
+    assert wait_until(lambda: post(server, "/env/interrupt", {"id": "queue"}).json()["interrupted"],
+                      10, 0.05)
 
 
 def test_disconnected_stream_loses_nothing(server: LiveServer) -> None:

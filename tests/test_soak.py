@@ -142,10 +142,17 @@ class SoakClient:
     def do_hard_timeout(self, ns: Namespace, i: int) -> None:
         result = ns.run("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                         "time.sleep(30)", timeout=0.05)
-        self.tally.check(result.status == "timeout" and result.restarted, "hard timeout", result)
-        self.counters[ns.id] = 0  # the namespace restarted empty
+        # Under load the 0.05 s deadline can pass before the cell reaches its SIG_IGN line: then
+        # its interrupt stops it and nothing restarts. Either way the answer is a timeout, and
+        # the namespace holds what the answer says (empty only after a restart).
+        self.tally.check(result.status == "timeout" and result.error is not None
+                         and result.error.ename == "TimeoutError", "hard timeout", result)
+        if result.restarted:
+            self.tally.kinds["hard_timeout_restarted"] += 1
+            self.counters[ns.id] = 0
         after = ns.run("globals().get('n', 0)")
-        self.tally.check(after.result == {"text/plain": "0"}, "empty after restart", after)
+        self.tally.check(after.result == {"text/plain": str(self.counters[ns.id])},
+                         "the namespace after a hard timeout", after)
 
 
 def run_round(clients: list[SoakClient], rounds: int) -> None:
@@ -182,7 +189,7 @@ def test_soak_mixed_executions_keep_answers_right_memory_flat_and_no_workers_lef
               f"warm-up, {rss_mid} KiB mid, {rss_end} KiB end")
         assert not failures, "\n".join(failures)
         # Every kind ran, every answer matched; the counters prove state persisted in each namespace.
-        assert set(kinds) == set(MIX) | {"hard_timeout"}
+        assert set(kinds) == set(MIX) | {"hard_timeout", "hard_timeout_restarted"}
         for c in clients:
             for ns in c.namespaces:
                 assert ns.run("globals().get('n', 0)").result == {"text/plain": str(c.counters[ns.id])}
