@@ -253,7 +253,7 @@ def test_clients_that_hold_a_closed_connection_open_do_not_stall_others(tmp_path
             for _ in range(5):
                 started = time.monotonic()
                 assert session.get(server.url + "/health", timeout=10).ok
-                assert time.monotonic() - started < 0.5
+                assert time.monotonic() - started < 1.5  # well under the 2 s a linger would cost
     finally:
         for sock in held:
             sock.close()
