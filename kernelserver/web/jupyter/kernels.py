@@ -72,31 +72,43 @@ class JupyterKernel:
     def attach(self, connection: Connection) -> bool:
         """Start feeding connection, replaying what its session missed; False once stopped."""
         replaced: list[Connection] = []
+        stale = False
         with self._lock:
             if self.stopped:
                 return False
             if connection.session_id:
                 # One live connection a session, as jupyter_server: a client that reconnects
                 # leaves its old socket behind (or jupyter_server leaks one), never to be read.
-                replaced = [c for c in self.connections if c.session_id == connection.session_id]
-                self.connections = [c for c in self.connections if c not in replaced]
-                for old in replaced:  # what the old socket was never sent goes to the new one
-                    if old.dropped:
-                        connection.put(self._note_behind())
-                    for message in old.undelivered():
-                        connection.put(message)
-                missed = self.offline.pop(connection.session_id, None)
-                if missed is not None:
-                    if missed.cut:
-                        connection.put(self._note_behind())
-                    if missed.dropped:
-                        connection.put(self._note_dropped(missed.dropped))
-                    for message in missed.replay():
-                        connection.put(message)
-            self.connections.append(connection)
-        for old in replaced:
+                same = [c for c in self.connections if c.session_id == connection.session_id]
+                # Unless a newer request of the session got here first (its thread ran ahead
+                # under load): then this one is the socket left behind, and goes. Replacing the
+                # newer one cut JupyterLab's page off its kernel for good.
+                stale = any(c.arrived > connection.arrived for c in same)
+                if not stale:
+                    replaced = same
+                    self._take_over(connection, replaced)
+                    self.connections = [c for c in self.connections if c not in replaced]
+            if not stale:
+                self.connections.append(connection)
+        for old in [connection] if stale else replaced:
             old.close(1000, "replaced by a newer connection of the same session")
         return True
+
+    def _take_over(self, connection: Connection, replaced: list[Connection]) -> None:
+        """Give connection what its session's replaced sockets and offline buffer still hold."""
+        for old in replaced:  # what the old socket was never sent goes to the new one
+            if old.dropped:
+                connection.put(self._note_behind())
+            for message in old.undelivered():
+                connection.put(message)
+        missed = self.offline.pop(connection.session_id, None)
+        if missed is not None:
+            if missed.cut:
+                connection.put(self._note_behind())
+            if missed.dropped:
+                connection.put(self._note_dropped(missed.dropped))
+            for message in missed.replay():
+                connection.put(message)
 
     def detach(self, connection: Connection, keep_missed: bool) -> None:
         """Stop feeding connection; with keep_missed, buffer for its session's return."""

@@ -21,7 +21,7 @@ from ..params import current_service, field_resources, json_object, read_body, s
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
-from .channels import Connection
+from .channels import Connection, arrival
 from .kernels import Kernels
 from .wire import V1
 
@@ -161,6 +161,7 @@ class HandedOver(Response):
 
 @bp.get("/api/kernels/<kernel_id>/channels", websocket=True)  # werkzeug routes upgrades only here
 def channels(kernel_id: str) -> Response:
+    arrived = arrival()  # first: under load this thread may reach attach after a newer one's
     service = current_service()
     service.describe(kernel_id, with_variables=False)  # 404 before the handshake, not after
     kernels = current_kernels()
@@ -173,7 +174,7 @@ def channels(kernel_id: str) -> Response:
             raise BadRequest(str(exc)) from None
         try:
             Connection(ws, kernel_id, request.args.get("session_id", ""), service, kernels,
-                       slot).serve()
+                       slot, arrived).serve()
         except Exception:  # the HTTP answer is long gone: close the socket, say why in the log
             log.exception("jupyter: the channels of kernel %r failed", kernel_id)
             ws.close(INTERNAL_ERROR, "internal error; see the server log")
