@@ -48,13 +48,16 @@ class Lang:
     ename: str
     evalue: str
     sleeps: str  # prints "started", then sleeps 60 s
+    # (bash: the process that prints is the one that sleeps, so an interrupt seen after the print
+    # cannot land between the two commands, where bash once let it pass)
     define: str  # x = 41
     check: str  # prints "set" or "unset"
     child: str  # starts `sleep 300` in the background and prints its pid
 
 
 LANGS = {
-    "bash": Lang("bash", "bash", "echo hi", "false", "Error", "1", "echo started; sleep 60", "x=41",
+    "bash": Lang("bash", "bash", "echo hi", "false", "Error", "1",
+                 "sh -c 'echo started; exec sleep 60'", "x=41",
                  '[ -n "$x" ] && echo set || echo unset', "sleep 300 & echo $!"),
     "ir": Lang("ir", "R", 'cat("hi\\n")', 'stop("boom")', "ERROR", "boom",
                'cat("started\\n"); Sys.sleep(60)', "x <- 41",

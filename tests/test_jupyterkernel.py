@@ -79,6 +79,8 @@ class Lang:
     evalue: str
     html: str  # shows <b>hi</b>
     sleeps: str  # prints "started", then sleeps 30 s
+    # (bash: the process that prints is the one that sleeps, so an interrupt seen after the print
+    # cannot land between the two commands, where bash once let it pass)
     define: str  # x = 41
     check: str  # prints "set" or "unset"
     child: str  # starts `sleep 300` in the background and prints its pid
@@ -92,7 +94,7 @@ LANGS = {
                     'print("set" if "x" in globals() else "unset")',
                     'import subprocess; print(subprocess.Popen(["sleep", "300"]).pid)'),
     "bash": Lang("bash", "echo out; echo err >&2", True, "echo $((6 * 7))", "stdout", "false", "Error",
-                 "1", 'echo "<b>hi</b>" | displayHTML', "echo started; sleep 30", "x=41",
+                 "1", 'echo "<b>hi</b>" | displayHTML', "sh -c 'echo started; exec sleep 30'", "x=41",
                  '[ -n "$x" ] && echo set || echo unset', "sleep 300 & echo $!"),
     "ir": Lang("ir", 'cat("out\\n"); message("err")', False, "6 * 7", "displays", 'stop("boom")',
                "ERROR", "boom", 'IRdisplay::display_html("<b>hi</b>")',
