@@ -11,10 +11,11 @@ from kernelserver.web.jupyter.channels import Connection
 from kernelserver.web.jupyter.kernels import Kernels
 
 
-def connection(service: Service, kernels: Kernels, session: str) -> Connection:
+def connection(service: Service, kernels: Kernels, session: str, arrived: int) -> Connection:
     """A connection as the channels route makes one; never served, so what it would send stays
     queued (its socket only says which protocol it speaks)."""
-    return Connection(cast(Any, SimpleNamespace(subprotocol=None)), "k", session, service, kernels)
+    return Connection(cast(Any, SimpleNamespace(subprotocol=None)), "k", session, service, kernels,
+                      arrived=arrived)
 
 
 def test_a_newer_request_of_a_session_replaces_the_older_in_whichever_order_they_attach(
@@ -24,7 +25,7 @@ def test_a_newer_request_of_a_session_replaces_the_older_in_whichever_order_they
     kernels = Kernels(service, max_websockets=10)
 
     # In order: the reconnect replaces the socket its client left behind.
-    left, back = connection(service, kernels, "s1"), connection(service, kernels, "s1")
+    left, back = connection(service, kernels, "s1", 1), connection(service, kernels, "s1", 2)
     kernel = kernels.attach(left)
     assert kernels.attach(back) is kernel
     assert kernel.connections == [back]
@@ -32,7 +33,7 @@ def test_a_newer_request_of_a_session_replaces_the_older_in_whichever_order_they
     # Under load the older request's thread can reach attach second (JupyterLab's gateway
     # client had opened and dropped it a moment before): it must not replace the newer one,
     # which the page reads, and is closed instead.
-    older, newer = connection(service, kernels, "s2"), connection(service, kernels, "s2")
+    older, newer = connection(service, kernels, "s2", 3), connection(service, kernels, "s2", 4)
     assert kernels.attach(newer) is kernel
     assert kernels.attach(older) is kernel
     assert kernel.connections == [back, newer]

@@ -6,7 +6,6 @@ only queues the cell), a writer thread sends what the kernel's relay and the rea
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import deque
@@ -44,21 +43,12 @@ _FLUSH = _Flush()
 _Item = Pending | _Flush | tuple[int, str] | None
 
 
-_arrivals = itertools.count()
-
-
-def arrival() -> int:
-    """The next number in the order WebSocket requests arrive (a newer one of a session wins)."""
-    return next(_arrivals)  # one C call: atomic under the GIL
-
-
 class Connection:
     """One open WebSocket on one kernel."""
 
     def __init__(self, ws: WebSocket, kernel_id: str, session_id: str, service: Service,
-                 kernels: Kernels, slot: Slot | None = None, arrived: int | None = None) -> None:
-        self.ws = ws
-        self.arrived = arrival() if arrived is None else arrived
+                 kernels: Kernels, slot: Slot | None = None, arrived: int = 0) -> None:
+        self.ws, self.arrived = ws, arrived  # arrived: its request's place in arrival order
         self._slot = slot
         self.kernel_id = kernel_id
         self.session_id = session_id

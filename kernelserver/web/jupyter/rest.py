@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from dataclasses import replace
@@ -21,7 +22,7 @@ from ..params import current_service, field_resources, json_object, read_body, s
 from ..streaming import json_response
 from ..websocket import INTERNAL_ERROR, HandshakeError, WebSocket
 from . import replies
-from .channels import Connection, arrival
+from .channels import Connection
 from .kernels import Kernels
 from .wire import V1
 
@@ -159,9 +160,13 @@ class HandedOver(Response):
         return super().__call__(environ, start_response)
 
 
+# The order channels requests arrive in: of two with one session_id, the newer is the live one.
+_arrivals = itertools.count()
+
+
 @bp.get("/api/kernels/<kernel_id>/channels", websocket=True)  # werkzeug routes upgrades only here
 def channels(kernel_id: str) -> Response:
-    arrived = arrival()  # first: under load this thread may reach attach after a newer one's
+    arrived = next(_arrivals)  # first: under load this thread may reach attach after a newer one's
     service = current_service()
     service.describe(kernel_id, with_variables=False)  # 404 before the handshake, not after
     kernels = current_kernels()
