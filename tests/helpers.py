@@ -177,6 +177,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def held_until(go_on: Path) -> str:
+    """Cell code that waits (60 s at most) until the test creates go_on: a cell still running
+    however slow the machine, until the test lets it go."""
+    return (f"import os, time\ndeadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
+            f"    time.sleep(0.02)\n")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     """Poll predicate until true or timeout; its last value."""
     deadline = time.monotonic() + timeout

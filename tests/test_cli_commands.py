@@ -19,7 +19,7 @@ import pytest
 from kernelserver import Client
 from kernelserver.datadir import holder
 
-from helpers import LiveServer, free_port, server_pid, start_server, wait_until
+from helpers import LiveServer, free_port, held_until, server_pid, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -158,10 +158,8 @@ def test_attach_without_n_follows_the_running_cell(server: LiveServer, client: C
     # The cell waits for the test after its first line: however slow the CLI is to start, the
     # cell is still running when it asks what runs.
     go_on = tmp_path / "go-on"
-    code = (f"import os, time\nprint(0, flush=True)\ndeadline = time.monotonic() + 60\n"
-            f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
-            f"    time.sleep(0.02)\nfor i in range(1, 6):\n    print(i, flush=True)\n"
-            f"    time.sleep(0.1)\n'done'")
+    code = ("print(0, flush=True)\n" + held_until(go_on) +
+            "for i in range(1, 6):\n    print(i, flush=True)\n    time.sleep(0.1)\n'done'")
     n = int(client.namespace("tick2").run(code, wait=0).execution_count)
     assert client.namespace("tick2", create=False).info()["running"] == n
     proc = subprocess.Popen([sys.executable, "-m", "kernelserver.cli", "attach", "tick2"],
@@ -187,9 +185,7 @@ def test_attach_without_n_follows_the_running_cell(server: LiveServer, client: C
 def test_ctrl_c_detaches_and_the_cell_goes_on(server: LiveServer, client: Client, tmp_path: Path) -> None:
     # The cell runs until the test lets it go: however slow the CLI is to start, it is still running.
     go_on = tmp_path / "go-on"
-    code = (f"import os, time\nprint(0, flush=True)\ndeadline = time.monotonic() + 60\n"
-            f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
-            f"    time.sleep(0.02)\nprint('let go')\n'done'")
+    code = "print(0, flush=True)\n" + held_until(go_on) + "print('let go')\n'done'"
     n = int(client.namespace("detach").run(code, wait=0).execution_count)
     # As from a terminal: SIGINT not ignored, even when this suite runs as a background job
     # (a non-interactive shell's `cmd &` ignores it, and children inherit that).

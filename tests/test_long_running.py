@@ -20,7 +20,7 @@ from flask import Flask
 from kernelserver import Client
 from kernelserver.results import DisplayEvent, OutputEvent, ResultEvent
 
-from helpers import ApiClient, LiveServer, process_tree, start_server, wait_until
+from helpers import ApiClient, LiveServer, held_until, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -93,10 +93,8 @@ def test_cancel_on_disconnect_of_a_queued_cell_spares_the_running_one(server: Li
     # The first cell runs until the test lets it go: the second is still queued when its
     # client goes away, however slow the machine.
     go_on = tmp_path / "go-on"
-    running = post(server, "/execute", {"id": "spare", "wait": 0, "code": (
-        f"import os, time\ndeadline = time.monotonic() + 60\n"
-        f"while not os.path.exists({str(go_on)!r}) and time.monotonic() < deadline:\n"
-        f"    time.sleep(0.02)\n'finished'")}).json()
+    running = post(server, "/execute", {"id": "spare", "wait": 0,
+                                        "code": held_until(go_on) + "'finished'"}).json()
     # A second client streams a cell that has to wait behind it, then goes away.
     body = json.dumps({"id": "spare", "code": "print('must not run')", "stream": True,
                        "cancel_on_disconnect": True}).encode()
