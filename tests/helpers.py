@@ -185,6 +185,14 @@ def held_until(go_on: Path) -> str:
             f"    time.sleep(0.02)\n")
 
 
+def as_fast_as_alone(alone: float, beside: float) -> bool:
+    """Whether a call timed beside a burden took no longer than load explains, against the same
+    call timed alone in the same run."""
+    # Five times and half a second: room for two busy loops on two cores, and far under the
+    # seconds-long stalls (a held thread, a cell that blocks its neighbours) these checks catch.
+    return beside < 5 * alone + 0.5
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     """Poll predicate until true or timeout; its last value."""
     deadline = time.monotonic() + timeout

@@ -268,7 +268,7 @@ def test_interrupt_stops_the_command(ns: Namespace, cell: str,
     assert outcome.status == "interrupted" and outcome.error is not None
     assert outcome.error.ename == "KeyboardInterrupt"
     no_ipython_in(outcome.error.traceback)
-    assert ended - interrupted_at[0] < 2.5
+    assert ended - interrupted_at[0] < float(marker) / 10  # not the command's 97 s
     assert not os.path.exists(f"/proc/{found[0]}"), "the command outlived the interrupt"
     assert "no" not in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import LiveServer, process_tree, start_server, wait_until
+from helpers import LiveServer, as_fast_as_alone, process_tree, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,16 @@ def test_forty_stalled_half_requests_do_not_block_health_or_execute(tmp_path: Pa
                                       b"Bearer " + server.token.encode() + b"\r\n")
     stalled = []
     try:
+        alone = _slowest_health_and_execute(server)
         for i in range(40):
             sock = _connect(server)
             stalled.append(sock)
             sock.sendall(HALF_REQUEST[:40] if i % 2 else authorized)
         # every one of them has reached the server: accepted, and what it sent read
         assert wait_until(lambda: _all_reached_the_server(server, 40), 10)
-        timings = [_timed_health_and_execute(server) for _ in range(3)]
-        print(f"\n40 stalled half requests: /health and execute took {timings} s")
-        assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
+        beside = _slowest_health_and_execute(server)
+        print(f"\n40 stalled half requests: /health and execute took {beside} s ({alone} s alone)")
+        assert all(map(as_fast_as_alone, alone, beside)), (alone, beside)
         for sock in stalled:
             sock.settimeout(0)
             with pytest.raises(BlockingIOError):
@@ -122,6 +123,7 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     stalled: list[socket.socket] = []
     try:
+        alone, _ = _slowest_health_and_execute(server)
         for _ in range(40):
             stalled.append(_connect(server))
         for sock in stalled:
@@ -129,11 +131,11 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
         for sock in stalled:
             answer, waited = _read_until_closed(sock)
             assert answer.startswith(b"HTTP/1.1 401") and b"Connection: close" in answer
-            assert waited < 2
+            assert waited < 2  # not drained for request_read_timeout (15 s) on a thread
             sock.close()
         started = time.monotonic()
         assert requests.get(server.url + "/health", timeout=10).ok
-        assert time.monotonic() - started < 1
+        assert as_fast_as_alone(alone, time.monotonic() - started)
     finally:
         for sock in stalled:
             sock.close()
@@ -151,6 +153,13 @@ def _timed_health_and_execute(server: LiveServer) -> tuple[float, float]:
     return health_s, time.monotonic() - started
 
 
+def _slowest_health_and_execute(server: LiveServer) -> tuple[float, float]:
+    """The slowest of three /health and of three one-line executes, after one to warm up."""
+    _timed_health_and_execute(server)  # the first execute starts the namespace's worker
+    timings = [_timed_health_and_execute(server) for _ in range(3)]
+    return max(health for health, _ in timings), max(execute for _, execute in timings)
+
+
 def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_path: Path) -> None:
     # Slowloris: without a token, connections that send part of their headers, or nothing, and
     # hold. A thread per such connection (until its deadline) let `threads` of them starve the
@@ -158,6 +167,7 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     held = []
     try:
+        alone = _slowest_health_and_execute(server)
         for i in range(120):
             sock = _connect(server)
             held.append(sock)  # the third kind sends nothing at all
@@ -167,9 +177,10 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
                 sock.sendall(b"GET /health HTTP/1.1\r\n")
         # every one of them has reached the server: accepted, and what it sent read
         assert wait_until(lambda: _all_reached_the_server(server, 120), 10)
-        timings = [_timed_health_and_execute(server) for _ in range(3)]
-        print(f"\n120 stalled connections, 4 threads: /health and execute took {timings} s")
-        assert all(health < 1.0 and execute < 2.0 for health, execute in timings), timings
+        beside = _slowest_health_and_execute(server)
+        print(f"\n120 stalled connections, 4 threads: /health and execute took {beside} s "
+              f"({alone} s alone)")
+        assert all(map(as_fast_as_alone, alone, beside)), (alone, beside)
     finally:
         for sock in held:
             sock.close()
