@@ -258,7 +258,9 @@ def test_the_inprocess_backend_refuses_a_jupyter_kernel(make_app: Any) -> None:
 
 @pytest.mark.parametrize("lang", ALL)
 def test_a_kernel_dies_with_a_killed_server(tmp_path: Path, lang: Lang) -> None:
-    live = start_server(tmp_path)
+    # A SIGKILLed kernel cannot clean up (R leaves its session's Rtmp* dir): it does so in tmp_path.
+    (scratch := tmp_path / "tmp").mkdir()
+    live = start_server(tmp_path, env={"TMPDIR": str(scratch)})
     try:
         namespace = create(live, lang)
         kernel = post(live, "/env/get", {"id": namespace}).json()["pid"]
