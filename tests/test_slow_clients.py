@@ -26,14 +26,14 @@ def test_forty_stalled_half_requests_do_not_block_health_or_execute(tmp_path: Pa
                                       b"Bearer " + server.token.encode() + b"\r\n")
     stalled = []
     try:
-        alone = _slowest_health_and_execute(server)
+        alone = _typical_health_and_execute(server)
         for i in range(40):
             sock = _connect(server)
             stalled.append(sock)
             sock.sendall(HALF_REQUEST[:40] if i % 2 else authorized)
         # every one of them has reached the server: accepted, and what it sent read
         assert wait_until(lambda: _all_reached_the_server(server, 40), 10)
-        beside = _slowest_health_and_execute(server)
+        beside = _typical_health_and_execute(server)
         print(f"\n40 stalled half requests: /health and execute took {beside} s ({alone} s alone)")
         assert all(map(as_fast_as_alone, alone, beside)), (alone, beside)
         for sock in stalled:
@@ -123,7 +123,7 @@ def test_refused_half_requests_are_answered_and_closed_at_once(tmp_path: Path) -
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     stalled: list[socket.socket] = []
     try:
-        alone, _ = _slowest_health_and_execute(server)
+        alone, _ = _typical_health_and_execute(server)
         for _ in range(40):
             stalled.append(_connect(server))
         for sock in stalled:
@@ -153,11 +153,13 @@ def _timed_health_and_execute(server: LiveServer) -> tuple[float, float]:
     return health_s, time.monotonic() - started
 
 
-def _slowest_health_and_execute(server: LiveServer) -> tuple[float, float]:
-    """The slowest of three /health and of three one-line executes, after one to warm up."""
+def _typical_health_and_execute(server: LiveServer) -> tuple[float, float]:
+    """The median of three /health and of three one-line executes, after one to warm up."""
+    # The median: a stall held by the stalled clients slows all three; one scheduling hiccup of
+    # a busy machine slows one.
     _timed_health_and_execute(server)  # the first execute starts the namespace's worker
     timings = [_timed_health_and_execute(server) for _ in range(3)]
-    return max(health for health, _ in timings), max(execute for _, execute in timings)
+    return sorted(h for h, _ in timings)[1], sorted(e for _, e in timings)[1]
 
 
 def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
     server = start_server(tmp_path, env={"KERNELSERVER_THREADS": "4"})
     held = []
     try:
-        alone = _slowest_health_and_execute(server)
+        alone = _typical_health_and_execute(server)
         for i in range(120):
             sock = _connect(server)
             held.append(sock)  # the third kind sends nothing at all
@@ -177,7 +179,7 @@ def test_far_more_stalled_and_idle_connections_than_threads_block_nothing(tmp_pa
                 sock.sendall(b"GET /health HTTP/1.1\r\n")
         # every one of them has reached the server: accepted, and what it sent read
         assert wait_until(lambda: _all_reached_the_server(server, 120), 10)
-        beside = _slowest_health_and_execute(server)
+        beside = _typical_health_and_execute(server)
         print(f"\n120 stalled connections, 4 threads: /health and execute took {beside} s "
               f"({alone} s alone)")
         assert all(map(as_fast_as_alone, alone, beside)), (alone, beside)
