@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,15 +48,17 @@ def direct(name: str) -> Iterator[Any]:
     # start_new_kernel as jupyter_client writes it, with a spec manager that reads bash_kernel's.
     manager = KernelManager(kernel_name=name,
                             kernel_spec_manager=KernelSpecManager(kernel_spec_class=LenientKernelSpec))
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
-        yield client
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+    # Killed at the end (now=True), the kernel cannot clean up: R's Rtmp dir goes with this one.
+    with tempfile.TemporaryDirectory(prefix="bench-kernel-") as scratch:
+        manager.start_kernel(env={**os.environ, "TMPDIR": scratch})
+        client = manager.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            yield client
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
 
 
 def one_kernel(name: str, rounds: int, batch: int, starts: int) -> dict[str, Any]:
