@@ -127,11 +127,13 @@ class Namespace:
                 return  # up after all, or already failed
             self._start_error = message
             self._closed = True
-        self._started.set()
         self._cancel_queued(Outcome.failed("NamespaceUnavailable", message))
         self.hub.publish(None, StateEvent("dead"))
         if self._on_failed is not None:
             self._on_failed(self)
+        # Last: a caller told of the failure may retry at once, and finds the id free (woken
+        # first, its retry could meet this namespace, not yet forgotten, and its old error).
+        self._started.set()
 
     # -- cells --
 

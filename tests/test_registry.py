@@ -13,6 +13,7 @@ import pytest
 from kernelserver.backends.base import ExitReason, NamespaceOptions, OutputSink, Resources
 from kernelserver.config import load_config
 from kernelserver.errors import NamespaceUnavailable, TooManyNamespaces
+from kernelserver.namespace import Namespace
 from kernelserver.registry import Registry
 from kernelserver.results import Cell, Outcome
 
@@ -173,6 +174,31 @@ def test_a_failed_start_fails_every_caller_and_queued_cells(slow: SlowBackend) -
     assert queued.snapshot().error.ename == "NamespaceUnavailable"
     assert registry.ids() == []
     assert len(slow.starts) == 1
+
+
+def test_a_failed_start_has_freed_its_id_when_its_caller_hears_of_it(
+        slow: SlowBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that retries as soon as its create fails must get a fresh start, not the failed
+    # namespace (still registered for a moment) and its old error: CI met exactly that, the
+    # runner thread preempted between waking the caller and forgetting the namespace. The
+    # pause below stands in for that preemption, in the failed start's clean-up.
+    cancel = Namespace._cancel_queued
+
+    def slow_cancel(namespace: Namespace, outcome: Outcome) -> None:
+        time.sleep(0.3)
+        cancel(namespace, outcome)
+
+    monkeypatch.setattr(Namespace, "_cancel_queued", slow_cancel)
+    registry = make_registry(slow)
+    slow.fail_with = NamespaceUnavailable("this backend allows one shell")
+    slow.release.set()
+    with pytest.raises(NamespaceUnavailable, match="allows one shell"):
+        registry.create("retried")
+    assert registry.ids() == []
+    slow.fail_with = None
+    namespace, created = registry.create("retried")
+    assert created and namespace.state == "idle" and len(slow.starts) == 2
+    registry.close()
 
 
 def test_cells_sent_while_starting_run_once_it_is_up(slow: SlowBackend) -> None:
