@@ -121,7 +121,7 @@ class Namespace:
             raise NamespaceUnavailable(error)
 
     def _start_failed(self, message: str) -> None:
-        """The start failed or was given up on: fail its waiters and queued cells, go away."""
+        """The start failed or was given up on: fail queued cells, go away, then wake waiters."""
         with self._lock:
             if self.kernel is not None or self._start_error is not None:
                 return  # up after all, or already failed
@@ -131,9 +131,7 @@ class Namespace:
         self.hub.publish(None, StateEvent("dead"))
         if self._on_failed is not None:
             self._on_failed(self)
-        # Last: a caller told of the failure may retry at once, and finds the id free (woken
-        # first, its retry could meet this namespace, not yet forgotten, and its old error).
-        self._started.set()
+        self._started.set()  # last: a caller retrying at once finds the id free, not this one
 
     # -- cells --
 
